@@ -1,0 +1,120 @@
+"""Building blocks shared by the vision encoder and the decoder: norms, MLPs, RoPE, attention, KV cache."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32 (as Llama does) so bf16 activations do not lose the small-variance case.
+        x_float = x.float()
+        x_float = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x_float * self.weight.float()).type_as(x)
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    return RMSNorm(dim, eps) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=eps)
+
+
+class MLP(nn.Module):
+    """fc -> GELU -> proj (ViT, GPT)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "none", dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.approximate = approximate
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) (Llama)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=bias)
+        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin tables for the given positions: (B, T) -> two (B, 1, T, head_dim) tensors."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    angles = position_ids.float()[..., None] * inv_freq          # (B, T, head_dim/2)
+    angles = torch.cat((angles, angles), dim=-1)                 # (B, T, head_dim): the "rotate half" layout
+    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Keys and values of every past position, preallocated once for (batch, max_len) and written in place."""
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H, T, D) at positions start..start+T; return the cache up to there."""
+        end = start + k.shape[2]
+        assert end <= self.k.shape[2], f"KV cache of length {self.k.shape[2]} is full (need {end})"
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention through F.scaled_dot_product_attention.
+
+    Bidirectional in the vision encoder, causal in the decoder. In the decoder, rope=(cos, sin) rotates q and k,
+    and a KVCache (set on .cache during generation) holds the keys and values of earlier positions."""
+
+    def __init__(self, dim: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
+        self.q = nn.Linear(dim, n_head * head_dim, bias=bias)
+        self.k = nn.Linear(dim, n_kv_head * head_dim, bias=bias)
+        self.v = nn.Linear(dim, n_kv_head * head_dim, bias=bias)
+        self.out = nn.Linear(n_head * head_dim, dim, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.cache: KVCache | None = None
+
+    def forward(self, x, causal: bool, rope=None, mask=None, cache_start: int = 0):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)       # (B, H, T, D)
+        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)    # (B, Hkv, T, D)
+        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.cache is not None:
+            k, v = self.cache.update(cache_start, k, v)
+        if self.n_kv_head != self.n_head:
+            # Grouped-query attention: each key/value head serves n_head / n_kv_head query heads.
+            repeat = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        # An explicit mask (padding and/or cache offset) already encodes causality; otherwise use the fast path.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)           # (B, T, H*D)
+        return self.resid_dropout(self.out(y))

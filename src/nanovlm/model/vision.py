@@ -1,0 +1,79 @@
+"""Vision Transformer: image (B, 3, H, W) -> token embeddings (B, [1 +] num_patches, width)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import VisionConfig
+from .layers import MLP, Attention
+
+
+class LinearPatchStem(nn.Module):
+    """SigLIP: one conv with kernel = stride = patch size, i.e. a linear map of each flattened patch."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.conv = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, images):
+        return self.conv(images).flatten(2).transpose(1, 2)            # (B, num_patches, width)
+
+
+class Conv2PatchStem(nn.Module):
+    """The NanoVLMs paper: two strided convs -> LayerNorm -> ReLU -> linear to the model width.
+    The first conv works on (patch/4)-pixel cells, the second merges 4 x 4 cells into one patch, so the stem
+    sees local structure inside a patch before projecting it."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        cell = cfg.patch_size // 4
+        self.conv1 = nn.Conv2d(3, cfg.stem_channels, kernel_size=cell, stride=cell)
+        self.conv2 = nn.Conv2d(cfg.stem_channels, cfg.stem_channels, kernel_size=4, stride=4)
+        self.norm = nn.LayerNorm(cfg.stem_channels, eps=cfg.norm_eps)
+        self.proj = nn.Linear(cfg.stem_channels, cfg.width)
+
+    def forward(self, images):
+        x = self.conv2(self.conv1(images)).flatten(2).transpose(1, 2)  # (B, num_patches, stem_channels)
+        return self.proj(torch.relu(self.norm(x)))                     # (B, num_patches, width)
+
+
+class VisionBlock(nn.Module):
+    """Pre-LN transformer block with bidirectional attention."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        head_dim = cfg.width // cfg.n_head
+        approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.width, cfg.n_head, cfg.n_head, head_dim, bias=True, dropout=cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.width, cfg.mlp_hidden, bias=True, approximate=approximate, dropout=cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x), causal=False)
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_stem = LinearPatchStem(cfg) if cfg.patch_stem == "linear" else Conv2PatchStem(cfg)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width)) if cfg.use_cls else None
+        n_positions = cfg.num_patches + int(cfg.use_cls)
+        self.position = nn.Parameter(torch.zeros(1, n_positions, cfg.width))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = images.shape
+        size = self.cfg.image_size
+        assert (C, H, W) == (3, size, size), f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}"
+        x = self.patch_stem(images)                                   # (B, P, width)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)     # (B, 1 + P, width); CLS first
+        x = self.dropout(x + self.position)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)

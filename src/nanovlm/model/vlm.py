@@ -1,0 +1,268 @@
+"""VisionLanguageModel: images -> vision encoder -> projector -> image tokens fused into the text -> decoder.
+
+Image tokens always enter through <|image|> placeholder ids in input_ids: the embedding of each placeholder is
+overwritten by one projected image token. The paper's "prefix" fusion is the same thing with the placeholder(s)
+at the start of the text, so training, the KV cache and generation have one code path for both families."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import sampling
+from ..config import ConfigError, VLMConfig
+from .decoder import Decoder
+from .layers import KVCache
+from .projector import Projector
+from .vision import VisionEncoder
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+class CheckpointError(RuntimeError):
+    """A saved model folder is missing, corrupted, or does not match its config."""
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, cfg: VLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision)
+        self.projector = Projector(cfg)
+        self.decoder = Decoder(cfg.decoder)
+        self.tokenizer = None   # set by from_pretrained() when the folder has a tokenizer.json
+        self.apply(self._init_weights)
+        # GPT-2 / nanoGPT: scale the residual output projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out.weight", "mlp.proj.weight", "mlp.down.weight")):
+                n_layer = cfg.decoder.n_layer if name.startswith("decoder") else max(cfg.vision.n_layer, 1)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, VisionEncoder):
+            nn.init.normal_(module.position, std=0.02)
+            if module.cls is not None:
+                nn.init.normal_(module.cls, std=0.02)
+
+    # ---------------------------------------------------------------- forward
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, image_tokens_per_image, n_embd)."""
+        return self.projector(self.vision(images))
+
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """Text embeddings with every <|image|> placeholder replaced by an image token, in order of appearance.
+        images: (N, 3, H, W), all images of the batch in reading order (sample 0's first, ...)."""
+        x = self.decoder.tok_emb(input_ids)                                  # (B, T, C)
+        is_image = input_ids == self.cfg.image_token_id
+        n_placeholders = int(is_image.sum())
+        n_images = 0 if images is None else images.shape[0]
+        expected = n_images * self.cfg.image_tokens_per_image
+        if n_placeholders != expected:
+            raise ValueError(
+                f"the text holds {n_placeholders} {self.cfg.image_token} placeholder tokens but {n_images} image(s) "
+                f"x {self.cfg.image_tokens_per_image} tokens per image = {expected} were given")
+        if n_images:
+            image_tokens = self.encode_images(images)                        # (N, tokens_per_image, C)
+            x = x.clone()
+            x[is_image] = image_tokens.reshape(-1, x.shape[-1]).to(x.dtype)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None):
+        """input_ids, labels: (B, T); labels are the targets for each position's NEXT token already aligned with
+        input_ids (label[t] is the token at t+1), -100 where no loss is taken. Returns (logits, loss or None).
+
+        attention_mask (B, T) is needed only for left-padded batches; right padding needs no mask because the
+        causal mask already keeps real tokens from seeing the padding after them."""
+        B, T = input_ids.shape
+        x = self.embed(input_ids, images)
+        if attention_mask is None:
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            mask = None
+        else:
+            position_ids = positions_from_mask(attention_mask)
+            mask = prefill_mask(attention_mask)
+        logits = self.decoder(x, position_ids, mask=mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # ---------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, max_new_tokens: int = 50, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+                 seed: int | None = None, return_logits: bool = False):
+        """Autoregressive generation with a preallocated KV cache.
+
+        input_ids: (B, T), LEFT-padded when prompts differ in length, with attention_mask (B, T) marking real tokens.
+        Each sequence stops at its own EOS; afterwards it is filled with the pad id. Returns the new tokens
+        (B, <= max_new_tokens), plus the logits of every step (B, steps, V) when return_logits."""
+        B, T = input_ids.shape
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate() needs LEFT-padded prompts: the last column of attention_mask must be all 1")
+        eos = self.cfg.eos_token_id if eos_token_id is None else eos_token_id
+        pad = self.cfg.pad_token_id if self.cfg.pad_token_id >= 0 else max(eos, 0)
+        total_len = T + max_new_tokens
+        if self.decoder.pos_emb is not None and total_len > self.cfg.decoder.max_seq_len:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds decoder.max_seq_len "
+                             f"{self.cfg.decoder.max_seq_len}")
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+
+        self._attach_caches(B, total_len, device)
+        try:
+            key_mask = torch.zeros(B, total_len, dtype=torch.bool, device=device)
+            key_mask[:, :T] = attention_mask.bool()
+            key_mask[:, T:] = True
+            positions = positions_from_mask(attention_mask)                          # (B, T)
+            logits = self.decoder(self.embed(input_ids, images), positions, mask=prefill_mask(attention_mask),
+                                  last_only=True)[:, -1]
+            next_position = positions[:, -1:] + 1                                    # (B, 1)
+            finished = torch.zeros(B, dtype=torch.bool, device=device)
+            tokens, step_logits = [], []
+            for step in range(max_new_tokens):
+                if return_logits:
+                    step_logits.append(logits.float())
+                token = sampling.sample(logits, temperature, top_k, top_p, generator)
+                token = torch.where(finished, torch.full_like(token, pad), token)
+                tokens.append(token)
+                finished |= token == eos
+                if bool(finished.all()) or step == max_new_tokens - 1:
+                    break
+                cur = T + step                                                       # cache slot of this token
+                x = self.decoder.tok_emb(token[:, None])                             # (B, 1, C)
+                mask = key_mask[:, None, None, : cur + 1]                            # (B, 1, 1, cur + 1)
+                logits = self.decoder(x, next_position, mask=mask, cache_start=cur)[:, -1]
+                next_position = next_position + 1
+        finally:
+            self._detach_caches()
+        out = torch.stack(tokens, dim=1)
+        return (out, torch.stack(step_logits, dim=1)) if return_logits else out
+
+    def _attach_caches(self, batch_size: int, max_len: int, device):
+        d = self.cfg.decoder
+        dtype = self.decoder.tok_emb.weight.dtype
+        for block in self.decoder.blocks:
+            block.attn.cache = KVCache(batch_size, d.n_kv_head, max_len, d.head_dim, dtype, device)
+
+    def _detach_caches(self):
+        for block in self.decoder.blocks:
+            block.attn.cache = None
+
+    # ---------------------------------------------------------------- parameters, save / load
+
+    def num_parameters(self) -> dict[str, int]:
+        """Unique parameters per module (a tied lm_head is counted once, in the embedding)."""
+        count = lambda m: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+        parts = {"vision": count(self.vision), "projector": count(self.projector), "decoder": count(self.decoder)}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer=None):
+        """Write config.json, model.safetensors and (if given or attached) tokenizer.json. Files are written to a
+        temporary name first and renamed, so a crash never leaves a half-written model behind."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self._state_to_save().items()}
+        _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        _atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(self.cfg.to_json()))
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is not None:
+            _atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "VisionLanguageModel":
+        """Rebuild the exact model saved by save_pretrained(). Never unpickles: config is JSON, weights safetensors."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise CheckpointError(f"{folder / name} not found: is {folder} a folder written by save_pretrained()?")
+        try:
+            cfg = VLMConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        except (json.JSONDecodeError, ConfigError, TypeError) as e:
+            raise CheckpointError(f"{folder / CONFIG_FILE} is not a valid nanovlm config: {e}") from None
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE), device=str(device))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{folder / WEIGHTS_FILE} is corrupted or not a safetensors file ({e}); "
+                                  f"re-save or re-download the model") from None
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_weights(tensors, source=str(folder / WEIGHTS_FILE))
+        if dtype is not None:
+            model.to(dtype)
+        if (folder / TOKENIZER_FILE).is_file():
+            from ..tokenizer import Tokenizer
+            model.tokenizer = Tokenizer.from_file(folder / TOKENIZER_FILE, cfg)
+        return model.eval()
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights"):
+        """Load a flat {name: tensor} dict; any missing, unexpected or mis-shaped tensor is listed in the error."""
+        expected = self._state_to_save()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+                      for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+        if missing or unexpected or mismatched:
+            lines = [f"{source} does not match the model config:"]
+            for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+                if items:
+                    lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+            raise CheckpointError("\n".join(lines))
+        self.load_state_dict(tensors, strict=False, assign=True)
+        if self.cfg.decoder.tie_embeddings:   # assign=True replaced the shared tensor: tie it again
+            self.decoder.lm_head.weight = self.decoder.tok_emb.weight
+
+    def _state_to_save(self) -> dict[str, torch.Tensor]:
+        state = self.state_dict()
+        if self.cfg.decoder.tie_embeddings:
+            state.pop("decoder.lm_head.weight")
+        return state
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counting real tokens only, so a left-padded prompt gets the same positions as the
+    unpadded one. (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, 1, T, T) mask: causal, and no query sees padding. A padding query sees itself so that its
+    softmax row is never empty (an empty row gives NaN, which would leak into the cache)."""
+    T = attention_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+    mask = causal & attention_mask.bool()[:, None, None, :]
+    return mask | torch.eye(T, dtype=torch.bool, device=attention_mask.device)
+
+
+def _atomic_write(path: Path, write):
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,193 @@
+"""The VLM core: presets, fusion, forward/loss, KV-cache generation, sampling."""
+import pytest
+import torch
+
+from nanovlm import sampling
+from nanovlm.config import PAPER_TABLE2, ConfigError, from_name
+from nanovlm.model.projector import pixel_shuffle
+from nanovlm.model.vlm import VisionLanguageModel
+
+from conftest import tiny_config
+
+
+@pytest.mark.parametrize("name,target", [("mini", 5e6), ("base", 16e6), ("large", 25e6)])
+def test_paper_presets_parameter_counts(name, target):
+    with torch.device("meta"):
+        counts = VisionLanguageModel(from_name(name)).num_parameters()
+    assert abs(counts["total"] - target) / target < 0.15, counts
+    # the vision encoder dominates, as in the paper's Table 2
+    assert abs(counts["vision"] / counts["total"] - PAPER_TABLE2[name]["vision"]) < 0.08
+
+
+def test_nanovlm_222m_shape():
+    cfg = from_name("nanovlm-222m")
+    with torch.device("meta"):
+        counts = VisionLanguageModel(cfg).num_parameters()
+    assert 215e6 < counts["total"] < 230e6
+    assert cfg.image_tokens_per_image == 49
+
+
+def test_unknown_preset_and_key():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        from_name("gigantic")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_name("tiny").with_overrides({"decoder.n_layers": 3})
+
+
+def test_pixel_shuffle_groups_neighbours():
+    # 4x4 grid of tokens whose single channel is its index; factor 2 -> 4 tokens holding 2x2 blocks
+    x = torch.arange(16.0).view(1, 16, 1)
+    y = pixel_shuffle(x, 2)
+    assert y.shape == (1, 4, 4)
+    assert y[0, 0].tolist() == [0, 1, 4, 5]
+    assert y[0, 3].tolist() == [10, 11, 14, 15]
+
+
+def _batch(cfg, B=2, T=9, images_per_sample=1):
+    n_img = cfg.image_tokens_per_image * images_per_sample
+    text = torch.randint(0, cfg.decoder.vocab_size - 3, (B, T))
+    ids = torch.cat([torch.full((B, n_img), cfg.image_token_id), text], dim=1)
+    images = torch.randn(B * images_per_sample, 3, cfg.vision.image_size, cfg.vision.image_size)
+    return ids, images
+
+
+@pytest.mark.parametrize("preset", ["tiny", "nanovlm-222m-small"])
+def test_forward_loss_and_backward(preset):
+    cfg = _small_llama() if preset != "tiny" else tiny_config()
+    model = VisionLanguageModel(cfg)
+    ids, images = _batch(cfg)
+    labels = ids.roll(-1, dims=1)
+    labels[:, : cfg.image_tokens_per_image] = -100
+    logits, loss = model(ids, images, labels=labels)
+    assert logits.shape == (*ids.shape, cfg.decoder.vocab_size)
+    # random init: loss close to ln(vocab)
+    assert abs(loss.item() - torch.log(torch.tensor(cfg.decoder.vocab_size)).item()) < 1.0
+    loss.backward()
+    assert model.vision.patch_stem.parameters().__next__().grad is not None, "no gradient reached the vision encoder"
+
+
+def test_image_tokens_change_the_output():
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg).eval()
+    ids, images = _batch(cfg, B=1)
+    a, _ = model(ids, images)
+    b, _ = model(ids, images.flip(-1))
+    assert not torch.allclose(a[:, -1], b[:, -1])
+
+
+def test_placeholder_count_mismatch_is_a_clear_error():
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    ids, images = _batch(cfg, B=2)
+    with pytest.raises(ValueError, match="placeholder tokens but 1 image"):
+        model(ids, images[:1])
+    with pytest.raises(ValueError, match="placeholder"):
+        model(ids, None)
+
+
+def test_several_images_per_sample():
+    cfg = _small_llama()
+    model = VisionLanguageModel(cfg).eval()
+    ids, images = _batch(cfg, B=2, images_per_sample=2)
+    logits, _ = model(ids, images)
+    assert logits.shape[1] == ids.shape[1]
+
+
+def _small_llama():
+    cfg = from_name("nanovlm-222m").with_overrides({
+        "vision.image_size": 32, "vision.patch_size": 8, "vision.width": 32, "vision.n_layer": 1, "vision.n_head": 2,
+        "vision.mlp_hidden": 64, "decoder.vocab_size": 256, "decoder.n_embd": 48, "decoder.n_layer": 2,
+        "decoder.n_head": 6, "decoder.n_kv_head": 2, "decoder.mlp_hidden": 96, "decoder.max_seq_len": 256})
+    cfg.image_token_id, cfg.eos_token_id, cfg.pad_token_id = 255, 254, 253
+    return cfg
+
+
+@pytest.mark.parametrize("make_cfg", [tiny_config, _small_llama], ids=["gpt", "llama"])
+def test_cached_generation_matches_full_recomputation(make_cfg):
+    cfg = make_cfg()
+    model = VisionLanguageModel(cfg).eval()
+    ids, images = _batch(cfg, B=2)
+    new, step_logits = model.generate(ids, images, max_new_tokens=8, eos_token_id=-1, return_logits=True)
+    assert new.shape == (2, 8)
+    for step in range(8):
+        full = torch.cat([ids, new[:, :step]], dim=1)
+        logits, _ = model(full, images)
+        torch.testing.assert_close(step_logits[:, step], logits[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make_cfg", [tiny_config, _small_llama], ids=["gpt", "llama"])
+def test_batched_left_padded_generation_matches_one_by_one(make_cfg):
+    cfg = make_cfg()
+    model = VisionLanguageModel(cfg).eval()
+    n_img = cfg.image_tokens_per_image
+    images = torch.randn(3, 3, cfg.vision.image_size, cfg.vision.image_size)
+    prompts = [torch.randint(0, cfg.decoder.vocab_size - 3, (n,)) for n in (3, 7, 5)]
+    prompts = [torch.cat([torch.full((n_img,), cfg.image_token_id), p]) for p in prompts]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((3, width), cfg.pad_token_id)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    batched, batched_logits = model.generate(ids, images, attention_mask=mask, max_new_tokens=6, eos_token_id=-1,
+                                             return_logits=True)
+    for i, p in enumerate(prompts):
+        single, single_logits = model.generate(p[None], images[i:i + 1], max_new_tokens=6, eos_token_id=-1,
+                                               return_logits=True)
+        assert torch.equal(batched[i], single[0])
+        torch.testing.assert_close(batched_logits[i], single_logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_stops_at_eos_per_sequence():
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg).eval()
+    ids, images = _batch(cfg, B=2)
+    free = model.generate(ids, images, max_new_tokens=6, eos_token_id=-1)
+    # declare one of sequence 0's tokens the EOS: each sequence must stop at its first occurrence, pad after
+    eos = int(free[0, 2])
+    out = model.generate(ids, images, max_new_tokens=6, eos_token_id=eos)
+    stops = []
+    for i in range(2):
+        hits = (free[i] == eos).nonzero()
+        stop = int(hits[0]) if len(hits) else 5
+        stops.append(stop)
+        assert torch.equal(out[i, : stop + 1], free[i, : stop + 1])
+        assert (out[i, stop + 1:] == cfg.pad_token_id).all()
+    # generation returns as soon as every sequence has ended
+    assert out.shape[1] == max(stops) + 1
+
+
+def test_sampling_is_seeded_and_varied():
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg).eval()
+    ids, images = _batch(cfg, B=1)
+    kwargs = dict(max_new_tokens=10, temperature=1.5, eos_token_id=-1)
+    a = model.generate(ids, images, seed=1, **kwargs)
+    b = model.generate(ids, images, seed=1, **kwargs)
+    c = model.generate(ids, images, seed=2, **kwargs)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_sampling_functions():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert sampling.greedy(logits).item() == 0
+    assert torch.isinf(sampling.apply_top_k(logits, 2)[0, 2:]).all()
+    assert not torch.isinf(sampling.apply_top_k(logits, 2)[0, :2]).any()
+    probs = logits.softmax(-1)[0]                         # 0.64, 0.24, 0.09, ...
+    kept = ~torch.isinf(sampling.apply_top_p(logits, 0.8))[0]
+    assert kept.tolist() == [True, True, False, False, False] and probs[0] < 0.8 <= probs[:2].sum()
+    assert (~torch.isinf(sampling.apply_top_p(logits, 0.1))).sum() == 1     # never empty
+    p = sampling.logits_to_probs(logits, temperature=1.0, top_k=3)
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0))
+    assert p[0, 3:].sum() == 0
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sampling.sample(logits, 1.0, top_k=2, generator=g) for _ in range(200)])
+    assert set(draws.flatten().tolist()) == {0, 1}
+
+
+def test_bf16_weights_generate():
+    cfg = _small_llama()
+    model = VisionLanguageModel(cfg).eval().to(torch.bfloat16)
+    ids, images = _batch(cfg, B=1)
+    out = model.generate(ids, images.to(torch.bfloat16), max_new_tokens=4, eos_token_id=-1)
+    assert out.shape == (1, 4)
