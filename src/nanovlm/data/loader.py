@@ -1,0 +1,136 @@
+"""From a dataset folder to training batches: records -> (images, token ids, labels) -> padded batches.
+
+Randomness (shuffling, augmentation) is a pure function of (seed, epoch, index), so a run resumed from a
+checkpoint, or split across DDP ranks and DataLoader workers, sees exactly the samples it would have seen."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..config import VLMConfig
+from ..tokenizer import Tokenizer
+from . import format as fmt
+from .transforms import augment, hflip, to_tensor
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Augmentation:
+    max_rotation: float = 5.0     # degrees
+    jitter: float = 0.1           # brightness / contrast factor range
+    flip: bool = True             # horizontal flip with left <-> right swapped in the text
+
+
+class VLMDataset(Dataset):
+    """Items are (index, epoch) pairs from EpochSampler; __getitem__ returns one tokenised, augmented sample."""
+
+    def __init__(self, folder, tokenizer: Tokenizer, cfg: VLMConfig, split: str | None = "train",
+                 augmentation: Augmentation | None = None, seed: int = 0, max_len: int | None = None):
+        self.folder = folder
+        self.records = fmt.read_records(folder, split=split)
+        if not self.records:
+            raise fmt.DatasetFormatError(f"{folder}: no records in split {split!r}; check the 'split' fields "
+                                         f"or make the data with `nanovlm data scenes`")
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.augmentation, self.seed = augmentation, seed
+        self.max_len = max_len or cfg.decoder.max_seq_len
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, item):
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        record = self.records[index]
+        rng = random.Random(f"{self.seed}/{epoch}/{index}")
+        texts = record["texts"]
+        images = []
+        flip = False
+        if self.augmentation and self.augmentation.flip:
+            flip = rng.random() < 0.5      # one decision per sample: every image and every text flip together
+        for path in record["images"]:
+            image = fmt.load_image(self.folder, path)
+            if self.augmentation:
+                image = augment(image, rng, self.augmentation.max_rotation, self.augmentation.jitter)
+            if flip:
+                image = hflip(image)
+            images.append(to_tensor(image, self.cfg.vision))
+        if flip:
+            texts = [{k: flip_words(v) for k, v in t.items()} for t in texts]
+        n_image_tokens = len(images) * self.cfg.image_tokens_per_image
+        ids, loss_mask = self.tokenizer.encode_conversation(texts, n_image_tokens, fusion=self.cfg.fusion)
+        if len(ids) > self.max_len:
+            raise fmt.DatasetFormatError(
+                f"{self.folder}: record {record['id']!r} is {len(ids)} tokens long, more than the decoder's "
+                f"max_seq_len {self.max_len}; shorten its texts or raise decoder.max_seq_len")
+        return {"input_ids": torch.tensor(ids), "labels": targets_from_loss_mask(ids, loss_mask),
+                "images": torch.stack(images) if images else None, "id": record["id"]}
+
+
+def flip_words(text: str) -> str:
+    from .synth import flip_text_left_right
+
+    return flip_text_left_right(text)
+
+
+def targets_from_loss_mask(ids: list[int], loss_mask: list[bool]) -> torch.Tensor:
+    """labels[t] = ids[t + 1] where the loss is taken on token t + 1, else IGNORE_INDEX (the model predicts the
+    NEXT token at each position)."""
+    labels = torch.full((len(ids),), IGNORE_INDEX, dtype=torch.long)
+    for t in range(len(ids) - 1):
+        if loss_mask[t + 1]:
+            labels[t] = ids[t + 1]
+    return labels
+
+
+def collate(batch: list[dict], pad_token_id: int) -> dict:
+    """Right-pad to the longest sample; all images of the batch stacked in reading order."""
+    width = max(len(b["input_ids"]) for b in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        input_ids[i, :n], labels[i, :n] = b["input_ids"], b["labels"]
+    images = [b["images"] for b in batch if b["images"] is not None]
+    return {"input_ids": input_ids, "labels": labels, "images": torch.cat(images) if images else None,
+            "ids": [b["id"] for b in batch]}
+
+
+class EpochSampler(Sampler):
+    """Yields (index, epoch) in a fresh seeded permutation each epoch, sharded across DDP ranks, forever.
+
+    start_batch skips that many batches of the first epoch (exact resume). Each rank gets the same number of
+    samples (the permutation is padded by wrapping), so all ranks take the same number of steps."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, start_epoch: int = 0, start_batch: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.start_epoch, self.start_batch = start_epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        per_rank = -(-self.n // self.world_size)
+        return max(per_rank // self.batch_size, 1)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch)).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = -(-self.n // self.world_size)
+        order = (order * (self.world_size + 1))[: per_rank * self.world_size]
+        mine = order[self.rank::self.world_size]
+        # drop the incomplete last batch so every step has the same batch size
+        return mine[: self.batches_per_epoch() * self.batch_size]
+
+    def __iter__(self):
+        epoch = self.start_epoch
+        skip = self.start_batch * self.batch_size
+        while True:
+            for index in self.epoch_indices(epoch)[skip:]:
+                yield index, epoch
+            skip = 0
+            epoch += 1

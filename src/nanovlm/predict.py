@@ -1,0 +1,70 @@
+"""Text from images with a trained model: the library call behind `nanovlm generate` and the evaluations.
+
+    model = VisionLanguageModel.from_pretrained("runs/demo/best")
+    complete(model, [Image.open("cat.png")], answer_starts=["There is"])   # -> [" a small black cat ..."]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data.transforms import to_tensor
+from .model.vlm import CheckpointError, VisionLanguageModel
+
+DESCRIBE_PROMPT = "Describe the picture."
+
+
+def open_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as e:
+        raise FileNotFoundError(f"{path} is not a readable image ({e})") from None
+
+
+@torch.no_grad()
+def complete(model: VisionLanguageModel, images: list[Image.Image], answer_starts: list[str] | None = None,
+             questions: list[str] | None = None, max_new_tokens: int = 80, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             batch_size: int = 32) -> list[str]:
+    """For each image, continue the answer to its question from the given start (the paper's task: the first
+    words of a description). Returns only the generated continuation of each."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise CheckpointError("the model has no tokenizer: load it with VisionLanguageModel.from_pretrained(dir) "
+                              "from a folder holding tokenizer.json")
+    n = len(images)
+    answer_starts = answer_starts or [""] * n
+    questions = questions or [DESCRIBE_PROMPT] * n
+    if not len(answer_starts) == len(questions) == n:
+        raise ValueError(f"got {n} images, {len(questions)} questions and {len(answer_starts)} answer starts")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    outputs = []
+    for start in range(0, n, batch_size):
+        chunk = range(start, min(start + batch_size, n))
+        prompts = [tokenizer.encode_conversation([{"user": questions[i], "assistant": answer_starts[i]}],
+                                                 model.cfg.image_tokens_per_image, fusion=model.cfg.fusion,
+                                                 for_generation=True)[0] for i in chunk]
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+        pixels = torch.stack([to_tensor(images[i], model.cfg.vision) for i in chunk]).to(device, dtype)
+        new = model.generate(ids.to(device), pixels, attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        outputs.extend(tokenizer.decode(row) for row in new.tolist())
+    return outputs
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids, mask

@@ -1,0 +1,430 @@
+"""The training loop, in plain PyTorch: one CPU, one GPU, or many processes under torchrun (DDP).
+
+    from nanovlm.train import TrainConfig, train
+    summary = train(TrainConfig(preset="demo", data="data/scenes", out="runs/demo"))
+
+AdamW with linear warm-up + cosine decay, gradient accumulation and clipping, bf16 autocast (fp16 + GradScaler
+on CUDA), per-module learning rates and freezing, periodic validation with early stopping, atomic `best` and
+`last` checkpoints, and exact resume (model, optimizer, schedule, step, RNG and data position)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from . import checkpoint
+from .config import ConfigError, VLMConfig, from_name
+from .data import format as fmt
+from .data.loader import Augmentation, EpochSampler, VLMDataset, collate
+from .model.vlm import VisionLanguageModel
+from .tokenizer import Tokenizer
+
+MODULES = ("vision", "projector", "decoder")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "demo"
+    data: str = "data/scenes"
+    out: str = "runs/demo"
+    model: dict = field(default_factory=dict)     # model config overrides, e.g. {"decoder.n_layer": 2}
+    tokenizer: str | None = None                  # a tokenizer.json; None -> train a BPE on the training texts
+    steps: int = 1500                             # optimizer steps
+    batch_size: int = 32                          # samples per micro-batch (per process)
+    grad_accum: int = 1                           # micro-batches per optimizer step
+    lr: float = 1e-3
+    lr_vision: float | None = None                # per-module learning rates (None -> lr)
+    lr_projector: float | None = None
+    lr_decoder: float | None = None
+    freeze: list = field(default_factory=list)    # modules kept fixed: any of vision, projector, decoder
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1                     # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0                        # max gradient norm; 0 = off
+    precision: str = "bf16"                       # fp32 | bf16 (autocast) | fp16 (CUDA, autocast + GradScaler)
+    eval_every: int = 100                         # steps between validations (and `last` checkpoints)
+    eval_batches: int = 10                        # validation batches per evaluation
+    patience: int = 0                             # evaluations without improvement before stopping; 0 = off
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0                          # DataLoader worker processes
+    device: str = "auto"                          # auto | cpu | cuda
+    threads: int = 0                              # torch CPU threads; 0 = torch's default
+    report_to: list = field(default_factory=list) # "wandb" and/or "tensorboard" (used only when installed)
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        unknown = set(self.freeze) - set(MODULES)
+        if unknown:
+            raise ConfigError(f"freeze: unknown module(s) {sorted(unknown)}; choose from {MODULES}")
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """--set pairs -> (TrainConfig fields, model config keys). Model keys are dotted (decoder.n_layer) or a
+    top-level VLMConfig field (fusion)."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_fields = {f.name for f in dataclasses.fields(VLMConfig)}
+    train_kw, model_kw = {}, {}
+    for key, value in overrides.items():
+        if key in train_fields:
+            train_kw[key] = value
+        elif "." in key or key in model_fields:
+            model_kw[key] = value
+        else:
+            raise ConfigError(f"unknown --set key {key!r}: not a training option ({', '.join(sorted(train_fields))}) "
+                              f"nor a model key (e.g. decoder.n_layer, vision.image_size)")
+    return train_kw, model_kw
+
+
+def lr_at(step: int, tcfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then cosine decay to min_lr_ratio."""
+    if step < tcfg.warmup_steps:
+        return (step + 1) / tcfg.warmup_steps
+    progress = min(1.0, (step - tcfg.warmup_steps) / max(1, tcfg.steps - tcfg.warmup_steps))
+    return tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(tcfg: TrainConfig) -> Runtime:
+    """Single process, or one DDP process per torchrun worker (gloo on CPU, NCCL on CUDA)."""
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    use_cuda = tcfg.device == "cuda" or (tcfg.device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Runtime(rank=rank, world_size=world_size, device=device)
+
+
+def build_tokenizer(tcfg: TrainConfig, model_cfg: VLMConfig, out: Path, rt: Runtime) -> Tokenizer:
+    """A given tokenizer.json, the run's own (on resume), or a BPE trained on the training texts by rank 0."""
+    own = out / "tokenizer.json"
+    if tcfg.tokenizer:
+        return Tokenizer.from_file(tcfg.tokenizer)
+    if not (tcfg.resume and own.is_file()):
+        if rt.is_main:
+            records = fmt.read_records(tcfg.data, split="train", check_images=False)
+            texts = (t[k] for r in records for t in r["texts"] for k in ("user", "assistant"))
+            out.mkdir(parents=True, exist_ok=True)
+            Tokenizer.train(texts, vocab_size=model_cfg.decoder.vocab_size).save(own)
+        barrier(rt)
+    return Tokenizer.from_file(own)
+
+
+def build_optimizer(model: VisionLanguageModel, tcfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with one group per (module, decay) pair; frozen modules get no group. Norm weights and biases
+    (1-D tensors) are not decayed."""
+    groups = []
+    for module in MODULES:
+        params = getattr(model, module).parameters()
+        if module in tcfg.freeze:
+            for p in params:
+                p.requires_grad_(False)
+            continue
+        lr = getattr(tcfg, f"lr_{module}") or tcfg.lr
+        params = [p for p in params if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.dim() >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "base_lr": lr, "name": f"{module}{'' if decay else '.no_decay'}",
+                               "weight_decay": tcfg.weight_decay if decay else 0.0})
+    if not groups:
+        raise ConfigError("every module is frozen: nothing to train")
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, betas=(0.9, 0.95), fused=fused or None)
+
+
+def make_loader(dataset: VLMDataset, tcfg: TrainConfig, rt: Runtime, pad_id: int, shuffle: bool,
+                start_epoch: int = 0, start_batch: int = 0) -> tuple[DataLoader, EpochSampler]:
+    sampler = EpochSampler(len(dataset), tcfg.batch_size, seed=tcfg.seed, rank=rt.rank, world_size=rt.world_size,
+                           shuffle=shuffle, start_epoch=start_epoch, start_batch=start_batch)
+    loader = DataLoader(dataset, batch_size=tcfg.batch_size, sampler=sampler, num_workers=tcfg.num_workers,
+                        collate_fn=partial(collate, pad_token_id=pad_id), persistent_workers=tcfg.num_workers > 0)
+    return loader, sampler
+
+
+def autocast(tcfg: TrainConfig, device: torch.device):
+    if tcfg.precision == "fp32":
+        return contextlib.nullcontext()
+    if tcfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs CUDA; use bf16 on CPU")
+    dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def barrier(rt: Runtime):
+    if rt.world_size > 1:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def train(tcfg: TrainConfig) -> dict:
+    """Train; return a summary (steps, losses, time, checkpoint paths)."""
+    rt = setup_runtime(tcfg)
+    out = Path(tcfg.out)
+    torch.manual_seed(tcfg.seed + rt.rank)
+    if not Path(tcfg.data).is_dir():
+        raise FileNotFoundError(f"data folder {tcfg.data} not found; make one with `nanovlm data scenes --out {tcfg.data}`")
+    model_cfg = from_name(tcfg.preset).with_overrides(tcfg.model)
+    tokenizer = build_tokenizer(tcfg, model_cfg, out, rt)
+    model_cfg = tokenizer.configure(model_cfg)
+    model = VisionLanguageModel(model_cfg).to(rt.device)
+    optimizer = build_optimizer(model, tcfg)
+
+    augmentation = Augmentation() if tcfg.augment else None
+    train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed)
+    val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val")
+
+    state = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
+    if tcfg.resume:
+        state.update(checkpoint.load_checkpoint(out / "last", model, optimizer))
+    consumed = state["step"] * tcfg.grad_accum                     # micro-batches already trained on
+    probe = EpochSampler(len(train_set), tcfg.batch_size, rank=rt.rank, world_size=rt.world_size)
+    train_loader, _ = make_loader(train_set, tcfg, rt, tokenizer.pad_token_id, shuffle=True,
+                                  start_epoch=consumed // probe.batches_per_epoch(),
+                                  start_batch=consumed % probe.batches_per_epoch())
+    val_loader, _ = make_loader(val_set, dataclasses.replace(tcfg, num_workers=0), rt, tokenizer.pad_token_id,
+                                shuffle=False)
+
+    ddp_model = model
+    if rt.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda", enabled=tcfg.precision == "fp16")
+    logger = MetricsLogger(out, tcfg, rt, resumed_step=state["step"])
+    if rt.is_main:
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(tcfg), indent=1))
+
+    batches = iter(train_loader)
+    if "rng" in state:
+        checkpoint.restore_rng(state.pop("rng"))
+    progress = logger.progress_bar(state["step"])
+    start_time, start_step = time.time() - state["elapsed_s"], state["step"]
+    stop = False
+    while state["step"] < tcfg.steps and not stop:
+        step = state["step"]
+        set_learning_rates(optimizer, lr_at(step, tcfg))
+        model.train()
+        t0 = time.time()
+        loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt)
+        state["step"] = step + 1
+        state["elapsed_s"] = time.time() - start_time
+        record = {"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                  "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0)}
+        if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
+            record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
+            stop = update_best(state, record["val_loss"], tcfg)
+            if rt.is_main:
+                if state["evals_without_improvement"] == 0:
+                    checkpoint.save_checkpoint(out / "best", model, optimizer, state, tokenizer)
+                checkpoint.save_checkpoint(out / "last", model, optimizer, state, tokenizer)
+            barrier(rt)
+        logger.log(record, progress)
+    progress.close()
+    logger.finish()
+    summary = {"steps": state["step"], "final_loss": logger.last_loss, "best_val_loss": state["best_val_loss"],
+               "stopped_early": stop, "train_time_s": round(time.time() - start_time, 1),
+               "steps_this_run": state["step"] - start_step,
+               "best": str(out / "best"), "last": str(out / "last"), "metrics": str(out / "metrics.jsonl")}
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime) -> tuple[float, int]:
+    """One optimizer step over grad_accum micro-batches. Returns the mean loss (over all ranks) and the number
+    of tokens this rank processed."""
+    optimizer.zero_grad(set_to_none=True)
+    total_loss, n_tokens = 0.0, 0
+    for micro in range(tcfg.grad_accum):
+        batch = next(batches)
+        ids, labels = batch["input_ids"].to(rt.device), batch["labels"].to(rt.device)
+        images = batch["images"].to(rt.device) if batch["images"] is not None else None
+        # DDP: only the last micro-batch needs to all-reduce gradients
+        sync = micro == tcfg.grad_accum - 1 or rt.world_size == 1
+        with (contextlib.nullcontext() if sync else model.no_sync()), autocast(tcfg, rt.device):
+            _, loss = model(ids, images, labels=labels)
+        scaler.scale(loss / tcfg.grad_accum).backward()
+        total_loss += loss.item() / tcfg.grad_accum
+        n_tokens += ids.numel()
+    if tcfg.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], tcfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return all_reduce_mean(total_loss, rt), n_tokens
+
+
+@torch.no_grad()
+def evaluate_loss(model: VisionLanguageModel, loader: DataLoader, tcfg: TrainConfig, rt: Runtime) -> float:
+    model.eval()
+    losses = []
+    batches = iter(loader)
+    n = min(tcfg.eval_batches, loader.sampler.batches_per_epoch())
+    for _ in range(n):
+        batch = next(batches)
+        images = batch["images"].to(rt.device) if batch["images"] is not None else None
+        with autocast(tcfg, rt.device):
+            _, loss = model(batch["input_ids"].to(rt.device), images, labels=batch["labels"].to(rt.device))
+        losses.append(loss.item())
+    return all_reduce_mean(sum(losses) / len(losses), rt)
+
+
+def update_best(state: dict, val_loss: float, tcfg: TrainConfig) -> bool:
+    """Track the best validation loss; return True when patience has run out."""
+    if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+        state["best_val_loss"] = val_loss
+        state["evals_without_improvement"] = 0
+    else:
+        state["evals_without_improvement"] += 1
+    return bool(tcfg.patience) and state["evals_without_improvement"] >= tcfg.patience
+
+
+def set_learning_rates(optimizer, multiplier: float):
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * multiplier
+
+
+def all_reduce_mean(value: float, rt: Runtime) -> float:
+    """The same number on every rank, so every rank makes the same early-stopping decision."""
+    if rt.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item() / rt.world_size
+
+
+# --------------------------------------------------------------------------------------------- logging
+
+
+class MetricsLogger:
+    """metrics.jsonl (append-only; on resume, lines past the checkpoint are dropped), a tqdm bar, a loss-curve
+    PNG, and Weights & Biases / TensorBoard when asked for and installed. Rank 0 only."""
+
+    def __init__(self, out: Path, tcfg: TrainConfig, rt: Runtime, resumed_step: int):
+        self.out, self.tcfg, self.active = out, tcfg, rt.is_main
+        self.path = out / "metrics.jsonl"
+        self.last_loss = None
+        self.history: list[dict] = []
+        self.backends = []
+        if not self.active:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if resumed_step and self.path.exists():
+            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in lines if r["step"] <= resumed_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.backends = open_backends(tcfg, out)
+
+    def progress_bar(self, initial: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.tcfg.steps, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                    disable=not (self.active and self.tcfg.progress))
+
+    def log(self, record: dict, progress):
+        self.last_loss = record["loss"]
+        progress.update(1)
+        if not self.active:
+            return
+        self.history.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+        if "val_loss" in record:
+            postfix["val"] = f"{record['val_loss']:.3f}"
+            plot_loss_curve(self.history, self.out / "loss_curve.png")
+        progress.set_postfix(postfix, refresh=False)
+        for backend in self.backends:
+            backend(record)
+
+    def finish(self):
+        if self.active and self.history:
+            plot_loss_curve(self.history, self.out / "loss_curve.png")
+
+
+def open_backends(tcfg: TrainConfig, out: Path) -> list:
+    """Optional experiment trackers: each is a function record -> None. Missing packages are skipped with a note."""
+    backends = []
+    if "wandb" in tcfg.report_to:
+        try:
+            import wandb
+            run = wandb.init(project="nanovlm", config=dataclasses.asdict(tcfg), dir=str(out))
+            backends.append(lambda r: run.log(r, step=r["step"]))
+        except ImportError:
+            print("note: wandb is not installed; skipping Weights & Biases logging")
+    if "tensorboard" in tcfg.report_to:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tensorboard"))
+            backends.append(lambda r: [writer.add_scalar(k, v, r["step"]) for k, v in r.items() if k != "step"])
+        except ImportError:
+            print("note: tensorboard is not installed; skipping TensorBoard logging")
+    return backends
+
+
+def plot_loss_curve(history: list[dict], path: Path):
+    """Training loss (light: raw, dark: moving average) and validation loss against steps (paper Figure 6)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    losses = [r["loss"] for r in history]
+    window = max(1, len(losses) // 50)
+    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+              for i in range(len(losses))]
+    val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
+    ax.plot(steps, smooth, color="tab:blue", label="train")
+    if val:
+        ax.plot(*zip(*val), color="tab:orange", marker="o", markersize=3, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
