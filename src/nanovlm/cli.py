@@ -81,6 +81,27 @@ def cmd_generate(args):
         print(f"{prefix}{args.prompt}{text}")
 
 
+def cmd_demo(args):
+    from .demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, n_scenes=args.n, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                        eval_scenes=args.eval_scenes))
+
+
+def cmd_eval_grounding(args):
+    from .evaluate import grounding
+    from .evaluate.completion import evaluate_grounding, write_report
+    from .hub import resolve_model_dir
+    from .model.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel.from_pretrained(resolve_model_dir(args.model), device=args.device)
+    result = evaluate_grounding(model, args.data, split=args.split, limit=args.limit, batch_size=args.batch_size)
+    print(grounding.format_table(result["summary"]))
+    report = args.report or str(__import__("pathlib").Path(args.model) / f"grounding_{args.split}.json")
+    write_report(result, report)
+    print(f"per-scene results: {report}")
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """--set key=value pairs -> {key: value}; values are parsed as JSON when they can be (numbers, true/false,
     lists), else kept as strings."""
@@ -177,6 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="run with bf16 weights (faster on CPUs with bf16)")
     p.set_defaults(func=cmd_generate)
+
+    evaluate = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="task", required=True,
+                                                                            metavar="TASK")
+    p = evaluate.add_parser("grounding", help="complete held-out scene descriptions and score the colours, "
+                            "shapes, counts and positions they name against the ground truth")
+    p.add_argument("--model", required=True, help="model folder (or Hub repo id)")
+    p.add_argument("--data", required=True, help="scenes dataset folder (with meta ground truth)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, help="score only the first N scenes")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--report", help="JSON file for per-scene results (default MODEL/grounding_SPLIT.json)")
+    p.set_defaults(func=cmd_eval_grounding)
+
+    p = sub.add_parser("demo", help="the main job: make scenes, train the demo model on CPU, report grounding "
+                       "accuracy and sample completions, save the model")
+    p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, report and model")
+    p.add_argument("--n", type=int, default=12000, help="scenes to draw (default 12000)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-scenes", type=int, default=500, help="held-out scenes to score (default 500)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

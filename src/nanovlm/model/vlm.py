@@ -215,7 +215,7 @@ class VisionLanguageModel(nn.Module):
                                   f"re-save or re-download the model") from None
         with torch.device("meta"):
             model = cls(cfg)
-        model.load_weights(tensors, source=str(folder / WEIGHTS_FILE))
+        model.load_weights(tensors, source=str(folder / WEIGHTS_FILE), assign=True)
         if dtype is not None:
             model.to(dtype)
         if (folder / TOKENIZER_FILE).is_file():
@@ -223,8 +223,10 @@ class VisionLanguageModel(nn.Module):
             model.tokenizer = Tokenizer.from_file(folder / TOKENIZER_FILE, cfg)
         return model.eval()
 
-    def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights"):
-        """Load a flat {name: tensor} dict; any missing, unexpected or mis-shaped tensor is listed in the error."""
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights", assign: bool = False):
+        """Load a flat {name: tensor} dict; any missing, unexpected or mis-shaped tensor is listed in the error.
+        assign=True adopts the given tensors as the parameters (for a model built on the meta device); the default
+        copies into the existing parameters, so an optimizer holding them keeps working."""
         expected = self._state_to_save()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -236,8 +238,8 @@ class VisionLanguageModel(nn.Module):
                 if items:
                     lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
             raise CheckpointError("\n".join(lines))
-        self.load_state_dict(tensors, strict=False, assign=True)
-        if self.cfg.decoder.tie_embeddings:   # assign=True replaced the shared tensor: tie it again
+        self.load_state_dict(tensors, strict=False, assign=assign)
+        if assign and self.cfg.decoder.tie_embeddings:   # assign replaced the shared tensor: tie it again
             self.decoder.lm_head.weight = self.decoder.tok_emb.weight
 
     def _state_to_save(self) -> dict[str, torch.Tensor]:
