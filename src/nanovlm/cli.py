@@ -27,7 +27,8 @@ def cmd_bench(args):
 def cmd_data_scenes(args):
     from .data.synth import make_scenes
 
-    stats = make_scenes(args.out, n=args.n, style=args.style, image_size=args.image_size, seed=args.seed)
+    stats = make_scenes(args.out, n=args.n, style=args.style, image_size=args.image_size, seed=args.seed,
+                        overwrite=args.overwrite)
     print(f"wrote {stats['n']} scenes to {args.out} ({stats['images_per_s']:.0f} images/s)")
 
 
@@ -35,7 +36,8 @@ def cmd_data_coco(args):
     from .data.coco import import_coco
 
     stats = import_coco(args.annotations, args.images, args.out, seed=args.seed, val_fraction=args.val_fraction,
-                        test_size=args.test_size, copy_images=not args.link)
+                        test_size=args.test_size, image_mode="symlink" if args.symlink else "copy",
+                        missing_images="skip" if args.skip_missing else "error", overwrite=args.overwrite)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
 
 
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short (20-25 words), long (60-70 words) descriptions, or vqa question-answer pairs")
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.set_defaults(func=cmd_data_scenes)
 
     p = data.add_parser("coco", help="import COCO captions (captions_*.json + image folder)")
@@ -162,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of non-test images for validation")
-    p.add_argument("--test-size", type=int, default=1000, help="images held out for testing (default 1000)")
-    p.add_argument("--link", action="store_true", help="symlink images instead of copying them")
+    p.add_argument("--test-size", type=int, default=500, help="images held out for testing (default 500)")
+    p.add_argument("--symlink", action="store_true", help="symlink images instead of copying them")
+    p.add_argument("--skip-missing", action="store_true", help="skip (with a warning) images missing on disk "
+                   "instead of stopping")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.set_defaults(func=cmd_data_coco)
 
     p = sub.add_parser("train", help="train a model on a dataset folder")

@@ -40,7 +40,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     wanted = {"n": cfg.n_scenes, "style": cfg.style, "image_size": cfg.image_size, "seed": cfg.seed}
     if not ((data / RECORDS_FILE).is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted):
         log(f"[1/4] drawing {cfg.n_scenes} scenes ({cfg.style} descriptions, {cfg.image_size}px) into {data}")
-        stats = make_scenes(data, n=cfg.n_scenes, style=cfg.style, image_size=cfg.image_size, seed=cfg.seed)
+        stats = make_scenes(data, n=cfg.n_scenes, style=cfg.style, image_size=cfg.image_size, seed=cfg.seed,
+                            overwrite=True)
         stamp.write_text(json.dumps(wanted))
         log(f"      {stats['images_per_s']:.0f} images/s, splits {stats['splits']}")
     else:

@@ -7,7 +7,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .model.vlm import CheckpointError
     from .tokenizer import TokenizerError
 
-    errors = [ConfigError, CheckpointError, TokenizerError, FileNotFoundError, NotADirectoryError, PermissionError]
+    errors = [ConfigError, CheckpointError, TokenizerError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError]
     try:
         from .data.format import DatasetFormatError
         errors.append(DatasetFormatError)

@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .data.format import DESCRIBE_PROMPT
 from .data.transforms import to_tensor
 from .model.vlm import CheckpointError, VisionLanguageModel
-
-DESCRIBE_PROMPT = "Describe the picture."
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -95,7 +95,8 @@ def validate_record(obj, where: str) -> dict:
     if "split" in obj and obj["split"] not in SPLITS:
         raise _fail(where, f'"split" is {obj["split"]!r}', f"Use one of {', '.join(SPLITS)}, or leave it out (= train)")
     if "meta" in obj and not isinstance(obj["meta"], dict):
-        raise _fail(where, f'"meta" must be an object, got {type(obj["meta"]).__name__}', 'Wrap the values: "meta": {...}')
+        raise _fail(where, f'"meta" must be an object, got {type(obj["meta"]).__name__}',
+                    'Wrap the values: "meta": {...}')
     return obj
 
 
@@ -174,7 +175,8 @@ def write_records(folder, records) -> Path:
         try:
             lines.append(json.dumps(_canonical(record), ensure_ascii=False, allow_nan=False))
         except (TypeError, ValueError) as e:
-            raise _fail(where, f"not JSON-serialisable ({e})", "Keep meta to strings, numbers, lists and dicts") from None
+            raise _fail(where, f"not JSON-serialisable ({e})",
+                        "Keep meta to strings, numbers, lists and dicts") from None
 
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{RECORDS_FILE}.", suffix=".tmp")
@@ -219,7 +221,8 @@ def assign_split(key: str, seed: int, fractions=(0.8, 0.1, 0.1)) -> str:
     and the same key and seed give the same split on every machine.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, got {fractions}")
+        raise ValueError(f"fractions must be three non-negative numbers (train, val, test) summing to 1, "
+                         f"got {fractions}")
     digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     cumulative = 0.0

@@ -9,19 +9,19 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import format as fmt
-from ..data.synth import OPENINGS
+from ..data.synth import split_opening
 from ..model.vlm import VisionLanguageModel
 from ..predict import complete
 from . import grounding
 
 
 def prompt_words(description: str, fallback_words: int = 3) -> str:
-    """The opening the model is given: the scene generator's generic opening phrase (it names no attribute),
-    or the first few words of any other description."""
-    for opening in sorted(OPENINGS, key=len, reverse=True):
-        if description.startswith(opening + " "):
-            return opening
-    return " ".join(description.split()[:fallback_words])
+    """The opening the model is given: the scene generator's generic opening phrase (it names no attribute, not
+    even a count, so "I see" and not "I see a"), or the first few words of any other description."""
+    try:
+        return split_opening(description)[0]
+    except ValueError:
+        return " ".join(description.split()[:fallback_words])
 
 
 def evaluate_grounding(model: VisionLanguageModel, folder: str | Path, split: str = "test", limit: int | None = None,
@@ -45,7 +45,7 @@ def evaluate_grounding(model: VisionLanguageModel, folder: str | Path, split: st
         completions = complete(model, images, answer_starts=starts, questions=questions,
                                max_new_tokens=max_new_tokens, batch_size=batch_size)
         for record, opening, completion in zip(chunk, starts, completions):
-            text = opening + completion
+            text = opening + ("" if completion[:1].isspace() else " ") + completion
             samples.append({"id": record["id"], "image": str(Path(folder) / record["images"][0]), "prompt": opening,
                             "generated": text, "reference": record["texts"][0]["assistant"],
                             "score": grounding.score_description(text, record["meta"])})

@@ -68,13 +68,8 @@ _CLAUSE_END = re.compile(r",|\band\b|\bbut\b", re.IGNORECASE)
 
 def _read_clause(clause: str, groups: dict) -> tuple[list[tuple], list[str], list[tuple]]:
     """(subject group keys, positions, relations) stated in one clause; registers every group it names."""
-    relations, taken = [], []
-    for m in RELATION.finditer(clause):
-        rel = "on" if m["rel"].lower() in ("on", "on top of") else "next to"
-        relations.append((rel, NOUN_OF[m["noun"].lower()]))
-        taken.append(m.span())
-        if m["color"]:   # "on the brown box" names a group; "on the box" only points at one
-            _register(groups, m["color"].lower(), NOUN_OF[m["noun"].lower()], None, None)
+    relation_matches = list(RELATION.finditer(clause))
+    taken = [m.span() for m in relation_matches]
     subjects = []
     for m in NOUN_PHRASE.finditer(clause):
         if any(lo <= m.start() < hi for lo, hi in taken):
@@ -85,6 +80,12 @@ def _read_clause(clause: str, groups: dict) -> tuple[list[tuple], list[str], lis
         key = _register(groups, m["color"].lower(), NOUN_OF[m["noun"].lower()], count, size)
         if key not in subjects:
             subjects.append(key)
+    relations = []
+    for m in relation_matches:
+        rel = "on" if m["rel"].lower() in ("on", "on top of") else "next to"
+        relations.append((rel, NOUN_OF[m["noun"].lower()]))
+        if m["color"]:   # "on the brown box" names a group; "on the box" only points at one
+            _register(groups, m["color"].lower(), NOUN_OF[m["noun"].lower()], None, None)
     positions = [POSITION_OF[(m["side"] or m["mid"] or m["edge"] or m["sky"]).lower()]
                  for m in POSITION.finditer(clause)]
     return subjects, positions, relations
