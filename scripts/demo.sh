@@ -1,11 +1,6 @@
 #!/usr/bin/env bash
-# Install nanovlm into .venv and run the main job: make the scenes data, train the demo model on CPU,
-# print grounding accuracy and a few completions, save the model (runs/demo/model). Extra args go to `nanovlm demo`.
+# Install nanovlm into .venv and run the main job: draw the scenes, train the demo model on CPU, print grounding
+# accuracy and a few completions, save the model (runs/demo/model). Extra arguments go to `nanovlm demo`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python3 -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e .
+. "$(dirname "$0")/setup_venv.sh"
 nanovlm demo "$@"

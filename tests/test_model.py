@@ -191,3 +191,14 @@ def test_bf16_weights_generate():
     ids, images = _batch(cfg, B=1)
     out = model.generate(ids, images.to(torch.bfloat16), max_new_tokens=4, eos_token_id=-1)
     assert out.shape == (1, 4)
+
+
+def test_projector_output_norm_keeps_image_tokens_at_unit_scale():
+    cfg = tiny_config(**{"projector.output_norm": True})
+    model = VisionLanguageModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.projector.proj.parameters():
+            p.mul_(1000.0)                     # a projector whose outputs have grown huge
+        tokens = model.encode_images(torch.randn(2, 3, 32, 32))
+    assert tokens.shape == (2, cfg.image_tokens_per_image, cfg.decoder.n_embd)
+    torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(2, cfg.image_tokens_per_image), atol=1e-2, rtol=0)

@@ -67,6 +67,9 @@ class ProjectorConfig:
     source: str = "patches"           # which encoder outputs are projected: "cls" (one token) or "patches"
     hidden_dim: int = 0               # mlp only: hidden width (0 -> 4 x the vision width, as in the paper)
     shuffle_factor: int = 2           # pixel_shuffle only: merge factor x factor neighbouring patches into one token
+    # LayerNorm on the image tokens. Without it, a decoder trained from scratch lets them grow ~100x larger than
+    # the text embeddings; then its layers can barely change them, and the vision path learns very slowly.
+    output_norm: bool = False
 
     def __post_init__(self):
         _check_choice("projector.kind", self.kind, ("mlp", "pixel_shuffle"))

@@ -40,10 +40,11 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, mask=None, cache_start: int = 0,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
         """x: (B, T, C) input embeddings; position_ids: (B, T); mask: None (plain causal) or a boolean
         (B, 1, T, S) mask of the keys each query may see. Returns logits (B, T, vocab), or (B, 1, vocab)
-        for the last position only when last_only (generation does not need the others)."""
+        for the last position only when last_only (generation does not need the others), or the final
+        normalised hidden states (B, T, C) when return_hidden (the loss applies lm_head to some positions only)."""
         rope = None
         if self.pos_emb is not None:
             assert int(position_ids.max()) < self.cfg.max_seq_len, \
@@ -56,4 +57,5 @@ class Decoder(nn.Module):
             x = block(x, rope=rope, mask=mask, cache_start=cache_start)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        return x if return_hidden else self.lm_head(x)

@@ -13,10 +13,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # Normalise in fp32 (as Llama does) so bf16 activations do not lose the small-variance case.
-        x_float = x.float()
-        x_float = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x_float * self.weight.float()).type_as(x)
+        # F.rms_norm normalises bf16 inputs in fp32 (as Llama does, so the small-variance case keeps its
+        # precision) and gives the same numbers as the spelled-out x * rsqrt(mean(x^2) + eps) * weight, in fewer
+        # kernels: that matters when decoding one token at a time, where 60 norms run per token.
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -52,17 +52,23 @@ class SwiGLU(nn.Module):
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin tables for the given positions: (B, T) -> two (B, 1, T, head_dim) tensors."""
+    """RoPE tables for the given positions: (B, T) -> cos, signed_sin, each (B, 1, T, head_dim), in the
+    "rotate half" layout of Llama / Hugging Face (dimension i pairs with i + head_dim/2).
+
+    signed_sin carries the minus sign of the rotation in its first half, so that apply_rope needs no negation."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
     angles = position_ids.float()[..., None] * inv_freq          # (B, T, head_dim/2)
-    angles = torch.cat((angles, angles), dim=-1)                 # (B, T, head_dim): the "rotate half" layout
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+    sin = angles.sin()
+    cos = torch.cat((angles.cos(),) * 2, dim=-1)
+    signed_sin = torch.cat((-sin, sin), dim=-1)
+    return cos.to(dtype)[:, None], signed_sin.to(dtype)[:, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x1, x2) = (x[..., :half], x[..., half:]) pair: (x1 cos - x2 sin, x2 cos + x1 sin).
+    roll swaps the halves to (x2, x1) and signed_sin = (-sin, sin) supplies the signs: three kernels instead of
+    the six of cat(-x2, x1), which counts when decoding (two calls per layer per token)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class KVCache(nn.Module):
@@ -108,13 +114,24 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.cache is not None:
-            k, v = self.cache.update(cache_start, k, v)
-        if self.n_kv_head != self.n_head:
-            # Grouped-query attention: each key/value head serves n_head / n_kv_head query heads.
-            repeat = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+            k, v = self.cache.update(cache_start, k, v)                            # (B, Hkv, S, D), all keys so far
         # An explicit mask (padding and/or cache offset) already encodes causality; otherwise use the fast path.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        # is_causal aligns its mask to the top-left corner, which is right only when this call's queries start at
+        # key 0; one new query after the cache (decoding) may see every key, so it needs no mask at all.
+        is_causal = causal and mask is None and T > 1
+        assert not (is_causal and cache_start), "queries after cached keys need an explicit mask"
+        dropout_p = self.dropout if self.training else 0.0
+        group = self.n_head // self.n_kv_head       # grouped-query attention: query heads per key/value head
+        if T == 1 and group > 1:
+            # One query per head (decoding): the `group` query heads that share a key/value head become `group`
+            # query rows of that head, exactly the same attention in n_kv_head heads. Measured on CPU in bf16:
+            # ~3x faster per call than enable_gqa, 52 -> 57 tokens/s for nanovlm-222m (neutral in fp32).
+            q = q.view(B, self.n_kv_head, group, self.head_dim)                   # (B, Hkv, group, D)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = y.view(B, self.n_head, 1, self.head_dim)                          # (B, H, 1, D)
+        else:
+            # enable_gqa lets each key/value head serve its `group` query heads without materialising copies.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                               enable_gqa=group > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)           # (B, T, H*D)
         return self.resid_dropout(self.out(y))

@@ -31,6 +31,7 @@ class Projector(nn.Module):
             self.proj = nn.Linear(hidden, n_embd)
         else:
             self.proj = nn.Linear(width * p.shuffle_factor ** 2, n_embd, bias=False)
+        self.norm = nn.LayerNorm(n_embd) if p.output_norm else nn.Identity()
 
     def forward(self, vision_out: torch.Tensor) -> torch.Tensor:
         """(B, [1 +] P, width) -> (B, image_tokens_per_image, n_embd)."""
@@ -39,5 +40,5 @@ class Projector(nn.Module):
         else:
             x = vision_out[:, 1:] if self.has_cls else vision_out
         if self.kind == "mlp":
-            return self.proj(F.gelu(self.fc(x)))
-        return self.proj(pixel_shuffle(x, self.factor))
+            return self.norm(self.proj(F.gelu(self.fc(x))))
+        return self.norm(self.proj(pixel_shuffle(x, self.factor)))
