@@ -18,12 +18,19 @@ def test_run_benchmark_tiny(train_dtype, decode_dtype):
                       train_dtype=train_dtype, decode_dtype=decode_dtype, steps=1, device="cpu",
                       reuse_memory=False)   # keep_freed_memory() would change malloc for the whole test process
     for key in ("train_step_s", "train_step_best_s", "train_tokens_per_s", "train_peak_mb", "prefill_s",
-                "decode_tokens_per_s", "decode_best_tokens_per_s", "decode_e2e_tokens_per_s", "decode_peak_mb"):
+                "decode_tokens_per_s", "decode_best_tokens_per_s", "decode_e2e_tokens_per_s", "decode_peak_mb",
+                "train_samples_per_s", "train_flops_per_step", "train_flops_per_s", "matmul_peak_flops_per_s"):
         assert r[key] > 0, key
     assert r["threads"] == 1 and r["device"] == "cpu" and r["parameters"] > 0
     assert r["train_tokens_per_step"] == 2 * (8 + tiny_config().image_tokens_per_image)
     table = format_results(r)
-    assert "tiny" in table and "decode tokens/s" in table and "step time" in table
+    assert "tiny" in table and "decode tokens/s" in table and "step time" in table and "share of matmul peak" in table
+
+
+def test_count_flops_counts_matrix_products():
+    from nanovlm.bench import count_flops
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
 
 
 def test_run_benchmark_skips_phases_and_rejects_bad_settings():

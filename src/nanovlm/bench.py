@@ -158,9 +158,36 @@ def bench_train(cfg, device, batch_size: int, text_len: int, dtype: torch.dtype,
     peak = _peak_memory_mb(device)
     tokens_per_step = ids.numel()
     median, best = statistics.median(times), min(times)
+    flops = count_flops(step)
     del model, optimizer, step_model
     return {"train_step_s": median, "train_step_best_s": best, "train_tokens_per_step": tokens_per_step,
-            "train_tokens_per_s": tokens_per_step / median, "train_peak_mb": peak}
+            "train_tokens_per_s": tokens_per_step / median, "train_samples_per_s": batch_size / median,
+            "train_peak_mb": peak, "train_flops_per_step": flops, "train_flops_per_s": flops / median}
+
+
+def count_flops(fn) -> int:
+    """FLOPs of the matrix products, convolutions and attention in one call of fn (forward + backward), as
+    counted by torch's FlopCounterMode; elementwise work is not counted, so this is the useful-work rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """What this machine's matrix multiply reaches on a large square product: the ceiling to compare with."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
@@ -214,7 +241,8 @@ def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: 
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if steps < 0 or new_tokens < 0:
         raise ConfigError("steps and new_tokens must be >= 0")
-    train_torch_dtype, decode_torch_dtype = _check_dtype("train_dtype", train_dtype), _check_dtype("decode_dtype", decode_dtype)
+    train_torch_dtype = _check_dtype("train_dtype", train_dtype)
+    decode_torch_dtype = _check_dtype("decode_dtype", decode_dtype)
     dev = _resolve_device(device)
     torch.set_num_threads(threads)
     cfg = build_config(preset)
@@ -242,6 +270,7 @@ def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: 
         _log(f"train: batch {batch_size} x ({cfg.image_tokens_per_image} image + {text_len} text tokens), "
              f"{train_dtype} autocast, AdamW, 1 warm-up + {steps} timed steps")
         results.update(bench_train(cfg, dev, batch_size, text_len, train_torch_dtype, steps, compile))
+        results["matmul_peak_flops_per_s"] = matmul_peak_flops(dev, train_torch_dtype)
     return results
 
 
@@ -265,6 +294,11 @@ def format_results(results: dict) -> str:
         row("  step time (median)", r["train_step_s"], "s")
         row("  step time (best)", r["train_step_best_s"], "s")
         row("  tokens/s", r["train_tokens_per_s"], "tokens/s", "{:.0f}")
+        row("  samples/s", r["train_samples_per_s"], "samples/s", "{:.2f}")
+        row("  model FLOPs per step", r["train_flops_per_step"] / 1e9, "GFLOP", "{:.1f}")
+        row("  achieved", r["train_flops_per_s"] / 1e9, "GFLOP/s", "{:.1f}")
+        row(f"  {r['train_dtype']} matmul peak (2048^3)", r["matmul_peak_flops_per_s"] / 1e9, "GFLOP/s", "{:.1f}")
+        row("  share of matmul peak", 100 * r["train_flops_per_s"] / r["matmul_peak_flops_per_s"], "%", "{:.0f}")
         row("  peak memory", r["train_peak_mb"], "MiB", "{:.0f}")
     if "decode_tokens_per_s" in r:
         lines.append(f"decode: batch 1, image + {r['prompt_len']} prompt tokens, {r['new_tokens']} new tokens, "

@@ -230,14 +230,16 @@ def _nanovlm_222m() -> VLMConfig:
 
 
 def _demo() -> VLMConfig:
-    """Small and fast: trains on 64 px scenes on 2 CPU cores in minutes. Paper architecture, except that every
-    patch (not only CLS) becomes an image token, which is what lets it name several objects and where they are."""
+    """Small and fast: trains on 64 px scenes on 2 CPU cores in minutes. The paper's encoder and decoder, but the
+    image enters as 16 tokens (8 x 8 patches, pixel-shuffled 2 x 2) instead of the one CLS vector: naming several
+    objects and where they are needs more than one vector, and 16 tokens train twice as fast as 64. The image
+    tokens are layer-normed (see ProjectorConfig.output_norm)."""
     return VLMConfig(
         name="demo",
         vision=VisionConfig(image_size=64, patch_size=8, width=128, n_layer=2, n_head=4, mlp_hidden=512,
                             patch_stem="conv2", use_cls=True, activation="gelu", norm_eps=1e-5, dropout=0.0,
                             image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
-        projector=ProjectorConfig(kind="mlp", source="patches", hidden_dim=256),
+        projector=ProjectorConfig(kind="pixel_shuffle", source="patches", shuffle_factor=2, output_norm=True),
         decoder=DecoderConfig(flavour="gpt", vocab_size=1024, n_embd=128, n_layer=3, n_head=4,
                               mlp_hidden=512, max_seq_len=256, dropout=0.0),
         fusion="prefix",

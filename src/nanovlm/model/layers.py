@@ -92,8 +92,8 @@ class KVCache(nn.Module):
 class Attention(nn.Module):
     """Multi-head / grouped-query self-attention through F.scaled_dot_product_attention.
 
-    Bidirectional in the vision encoder, causal in the decoder. In the decoder, rope=(cos, sin) rotates q and k,
-    and a KVCache (set on .cache during generation) holds the keys and values of earlier positions."""
+    Bidirectional in the vision encoder, causal in the decoder. In the decoder, rope (the tables of rope_cos_sin)
+    rotates q and k, and a KVCache (set on .cache during generation) holds the keys and values of earlier positions."""
 
     def __init__(self, dim: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0):
         super().__init__()
@@ -124,8 +124,9 @@ class Attention(nn.Module):
         group = self.n_head // self.n_kv_head       # grouped-query attention: query heads per key/value head
         if T == 1 and group > 1:
             # One query per head (decoding): the `group` query heads that share a key/value head become `group`
-            # query rows of that head, exactly the same attention in n_kv_head heads. Measured on CPU in bf16:
-            # ~3x faster per call than enable_gqa, 52 -> 57 tokens/s for nanovlm-222m (neutral in fp32).
+            # query rows of that head, exactly the same attention in n_kv_head heads (a (B, 1, 1, S) padding mask
+            # broadcasts over the rows). Measured on CPU in bf16: ~3x faster per call than enable_gqa,
+            # 52 -> 57 tokens/s for nanovlm-222m (neutral in fp32).
             q = q.view(B, self.n_kv_head, group, self.head_dim)                   # (B, Hkv, group, D)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
             y = y.view(B, self.n_head, 1, self.head_dim)                          # (B, H, 1, D)
