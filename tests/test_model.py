@@ -202,3 +202,12 @@ def test_projector_output_norm_keeps_image_tokens_at_unit_scale():
         tokens = model.encode_images(torch.randn(2, 3, 32, 32))
     assert tokens.shape == (2, cfg.image_tokens_per_image, cfg.decoder.n_embd)
     torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(2, cfg.image_tokens_per_image), atol=1e-2, rtol=0)
+
+
+def test_overrides_rederive_dependent_fields():
+    cfg = from_name("nanovlm-222m").with_overrides({"decoder.n_embd": 48, "decoder.n_head": 6})
+    assert cfg.decoder.head_dim == 8 and cfg.decoder.n_kv_head == 3       # GQA setting kept, head size derived
+    cfg = from_name("tiny").with_overrides({"decoder.n_head": 4})
+    assert cfg.decoder.n_kv_head == 4 and cfg.decoder.head_dim == 8
+    cfg = from_name("nanovlm-222m").with_overrides({"decoder.n_embd": 48, "decoder.head_dim": 16})
+    assert cfg.decoder.head_dim == 16

@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "accuracy and sample completions, save the model")
     p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, report and model")
     p.add_argument("--n", type=int, default=12000, help="scenes to draw (default 12000)")
-    p.add_argument("--steps", type=int, default=3500, help="training steps (default 3500)")
+    p.add_argument("--steps", type=int, default=5000, help="training steps (default 5000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-scenes", type=int, default=500, help="held-out scenes to score (default 500)")

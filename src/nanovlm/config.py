@@ -170,6 +170,7 @@ class VLMConfig:
     def with_overrides(self, overrides: dict[str, Any]) -> "VLMConfig":
         """Return a copy with dotted keys replaced, e.g. {"decoder.n_layer": 2, "vision.image_size": 64}."""
         data = self.to_dict()
+        _forget_derived(data, overrides)
         for key, value in overrides.items():
             node, *path = key.split(".")
             target = data
@@ -183,6 +184,25 @@ class VLMConfig:
                 raise ConfigError(f"unknown config key {key!r}; known keys here: {known}")
             target[parts[-1]] = value
         return VLMConfig.from_dict(data)
+
+
+# Fields filled in by __post_init__ when 0, and what they are derived from. An override of an input re-derives
+# them (unless they were set to something else on purpose): decoder.n_embd=48 must not keep head_dim=64.
+DERIVED_FIELDS = {
+    ("decoder", "head_dim"): lambda d: d["n_embd"] // d["n_head"],
+    ("decoder", "n_kv_head"): lambda d: d["n_head"],
+    ("vision", "stem_channels"): lambda d: d["width"] // 2,
+}
+DERIVED_FROM = {("decoder", "head_dim"): ("n_embd", "n_head"), ("decoder", "n_kv_head"): ("n_head",),
+                ("vision", "stem_channels"): ("width",)}
+
+
+def _forget_derived(data: dict, overrides: dict):
+    for (section, name), derive in DERIVED_FIELDS.items():
+        inputs_changed = any(f"{section}.{i}" in overrides for i in DERIVED_FROM[section, name])
+        was_derived = data[section][name] == derive(data[section])
+        if inputs_changed and was_derived and f"{section}.{name}" not in overrides:
+            data[section][name] = 0
 
 
 def _check_choice(name: str, value, choices):

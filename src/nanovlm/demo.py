@@ -23,7 +23,7 @@ class DemoConfig:
     n_scenes: int = 12000
     image_size: int = 64
     style: str = "short"
-    steps: int = 3500
+    steps: int = 5000
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
