@@ -68,3 +68,12 @@ def test_bad_config_json(tmp_path):
     (tmp_path / "config.json").write_text('{"decoder": {"n_layerz": 2}}')
     with pytest.raises(CheckpointError, match="n_layerz"):
         VisionLanguageModel.from_pretrained(tmp_path)
+
+
+def test_missing_model_folder_in_the_cli_is_one_error_line(tmp_path, capsys):
+    from nanovlm.cli import main
+    image = tmp_path / "x.png"
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(image)
+    assert main(["generate", "--model", str(tmp_path / "no-model"), "--image", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model folder") and "Traceback" not in err

@@ -112,14 +112,26 @@ def push_to_hub(model, repo_id: str, private: bool = False, token: str | None = 
     return f"https://huggingface.co/{repo_id}"
 
 
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """A local folder as is; otherwise a Hub repo id, downloaded (or taken from the local cache) by huggingface_hub."""
+    """A local folder as is; otherwise a Hub repo id ("owner/name"), downloaded (or taken from the local cache)
+    by huggingface_hub. Anything else, or a failed download, is a CheckpointError saying what was looked for."""
+    from .model.vlm import CheckpointError
+
     path = Path(name_or_path)
     if path.exists():
         return path
+    if not HUB_REPO_ID.match(str(name_or_path)):
+        raise CheckpointError(f"model folder {name_or_path} not found (and it is not a Hub repo id like owner/name)")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=["*.json", "*.safetensors"]))
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, unknown repo, no permission: all mean "no model here"
+        raise CheckpointError(f"{name_or_path} is neither a local folder nor a reachable Hub model repo "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
 def read_hf_config(folder: str | Path) -> dict:
