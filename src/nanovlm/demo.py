@@ -51,7 +51,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         f"{'CUDA' if _cuda() else 'CPU'}")
     tcfg = TrainConfig(preset="demo", data=str(data), out=str(out / "run"), steps=cfg.steps,
                        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, warmup_steps=min(100, cfg.steps // 10),
-                       eval_every=max(cfg.steps // 8, 1), **cfg.train_overrides)
+                       eval_every=max(cfg.steps // 8, 1),
+                       # No augmentation: a flipped picture would name its objects right to left, against the
+                       # fixed left-to-right order of the descriptions.
+                       **{"augment": False, **cfg.train_overrides})
     summary = train(tcfg)
     log(f"      final train loss {summary['final_loss']:.3f}, best validation loss {summary['best_val_loss']:.3f}, "
         f"{summary['train_time_s']:.0f} s")

@@ -645,7 +645,10 @@ def describe_scene(scene: dict, style: str, rng: random.Random) -> str:
     bg = BACKGROUNDS[scene["background"]]
     for attempt in range(60):
         talks = [_Talk(g, rng) for g in scene["groups"]]
-        rng.shuffle(talks)
+        # A child "reads" the picture left to right and names the sky last. One order per picture means the words
+        # after the opening are decided by the image, not by chance: a model trained on randomly ordered
+        # descriptions got 16.6% of objects right where this order gave 39.1% (same 3000 steps).
+        talks.sort(key=lambda t: (t.g["position"] == "top", t.g["x"]))
         talks.sort(key=lambda t: "on" in t.g)   # a support is named before what stands on it
         _place_phrases(talks, rng)
         compact = min(attempt // 4, 5)   # a few free tries, then ever shorter cores (busy scenes need it)
