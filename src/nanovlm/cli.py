@@ -5,7 +5,9 @@ exit status 2; a traceback means a bug in nanovlm."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def cmd_info(args):
@@ -51,7 +53,7 @@ def cmd_train(args):
     tcfg = TrainConfig(preset=args.preset, data=args.data, out=args.out or f"runs/{args.preset}", model=model_kw,
                        resume=args.resume, progress=not args.quiet, **train_kw)
     summary = train(tcfg)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary))
 
 
@@ -99,7 +101,7 @@ def cmd_eval_grounding(args):
     model = VisionLanguageModel.from_pretrained(resolve_model_dir(args.model), device=args.device)
     result = evaluate_grounding(model, args.data, split=args.split, limit=args.limit, batch_size=args.batch_size)
     print(grounding.format_table(result["summary"]))
-    report = args.report or str(__import__("pathlib").Path(args.model) / f"grounding_{args.split}.json")
+    report = args.report or str(Path(args.model) / f"grounding_{args.split}.json")
     write_report(result, report)
     print(f"per-scene results: {report}")
 

@@ -188,18 +188,17 @@ class VLMConfig:
 
 # Fields filled in by __post_init__ when 0, and what they are derived from. An override of an input re-derives
 # them (unless they were set to something else on purpose): decoder.n_embd=48 must not keep head_dim=64.
+# (section, field): (the fields it is derived from, how)
 DERIVED_FIELDS = {
-    ("decoder", "head_dim"): lambda d: d["n_embd"] // d["n_head"],
-    ("decoder", "n_kv_head"): lambda d: d["n_head"],
-    ("vision", "stem_channels"): lambda d: d["width"] // 2,
+    ("decoder", "head_dim"): (("n_embd", "n_head"), lambda d: d["n_embd"] // d["n_head"]),
+    ("decoder", "n_kv_head"): (("n_head",), lambda d: d["n_head"]),
+    ("vision", "stem_channels"): (("width",), lambda d: d["width"] // 2),
 }
-DERIVED_FROM = {("decoder", "head_dim"): ("n_embd", "n_head"), ("decoder", "n_kv_head"): ("n_head",),
-                ("vision", "stem_channels"): ("width",)}
 
 
 def _forget_derived(data: dict, overrides: dict):
-    for (section, name), derive in DERIVED_FIELDS.items():
-        inputs_changed = any(f"{section}.{i}" in overrides for i in DERIVED_FROM[section, name])
+    for (section, name), (inputs, derive) in DERIVED_FIELDS.items():
+        inputs_changed = any(f"{section}.{i}" in overrides for i in inputs)
         was_derived = data[section][name] == derive(data[section])
         if inputs_changed and was_derived and f"{section}.{name}" not in overrides:
             data[section][name] = 0

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
+    from .data.format import DatasetFormatError
     from .model.vlm import CheckpointError
     from .tokenizer import TokenizerError
 
-    errors = [ConfigError, CheckpointError, TokenizerError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError]
-    try:
-        from .data.format import DatasetFormatError
-        errors.append(DatasetFormatError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, CheckpointError, TokenizerError, DatasetFormatError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, PermissionError)
 
 
 USER_ERRORS = _user_errors()

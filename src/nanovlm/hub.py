@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -132,7 +131,3 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     except Exception as e:  # offline, unknown repo, no permission: all mean "no model here"
         raise CheckpointError(f"{name_or_path} is neither a local folder nor a reachable Hub model repo "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-
-
-def read_hf_config(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / "config.json").read_text())

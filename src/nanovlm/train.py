@@ -171,9 +171,11 @@ def build_optimizer(model: VisionLanguageModel, tcfg: TrainConfig) -> torch.opti
 
 
 def make_loader(dataset: VLMDataset, tcfg: TrainConfig, rt: Runtime, pad_id: int, shuffle: bool,
-                start_epoch: int = 0, start_batch: int = 0) -> tuple[DataLoader, EpochSampler]:
+                skip_batches: int = 0) -> tuple[DataLoader, EpochSampler]:
+    """skip_batches: micro-batches already trained on (exact resume starts right after them)."""
     sampler = EpochSampler(len(dataset), tcfg.batch_size, seed=tcfg.seed, rank=rt.rank, world_size=rt.world_size,
-                           shuffle=shuffle, start_epoch=start_epoch, start_batch=start_batch)
+                           shuffle=shuffle)
+    sampler.start_epoch, sampler.start_batch = divmod(skip_batches, sampler.batches_per_epoch())
     loader = DataLoader(dataset, batch_size=tcfg.batch_size, sampler=sampler, num_workers=tcfg.num_workers,
                         collate_fn=partial(collate, pad_token_id=pad_id), persistent_workers=tcfg.num_workers > 0)
     return loader, sampler
@@ -217,10 +219,7 @@ def train(tcfg: TrainConfig) -> dict:
     if tcfg.resume:
         state.update(checkpoint.load_checkpoint(out / "last", model, optimizer))
     consumed = state["step"] * tcfg.grad_accum                     # micro-batches already trained on
-    probe = EpochSampler(len(train_set), tcfg.batch_size, rank=rt.rank, world_size=rt.world_size)
-    train_loader, _ = make_loader(train_set, tcfg, rt, tokenizer.pad_token_id, shuffle=True,
-                                  start_epoch=consumed // probe.batches_per_epoch(),
-                                  start_batch=consumed % probe.batches_per_epoch())
+    train_loader, _ = make_loader(train_set, tcfg, rt, tokenizer.pad_token_id, shuffle=True, skip_batches=consumed)
     val_loader, _ = make_loader(val_set, dataclasses.replace(tcfg, num_workers=0), rt, tokenizer.pad_token_id,
                                 shuffle=False)
 

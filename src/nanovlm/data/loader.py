@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from ..config import VLMConfig
 from ..tokenizer import Tokenizer
 from . import format as fmt
+from .synth import flip_text_left_right
 from .transforms import augment, hflip, to_tensor
 
 IGNORE_INDEX = -100
@@ -59,7 +60,7 @@ class VLMDataset(Dataset):
                 image = hflip(image)
             images.append(to_tensor(image, self.cfg.vision))
         if flip:
-            texts = [{k: flip_words(v) for k, v in t.items()} for t in texts]
+            texts = [{k: flip_text_left_right(v) for k, v in t.items()} for t in texts]
         n_image_tokens = len(images) * self.cfg.image_tokens_per_image
         ids, loss_mask = self.tokenizer.encode_conversation(texts, n_image_tokens, fusion=self.cfg.fusion)
         if len(ids) > self.max_len:
@@ -68,12 +69,6 @@ class VLMDataset(Dataset):
                 f"max_seq_len {self.max_len}; shorten its texts or raise decoder.max_seq_len")
         return {"input_ids": torch.tensor(ids), "labels": targets_from_loss_mask(ids, loss_mask),
                 "images": torch.stack(images) if images else None, "id": record["id"]}
-
-
-def flip_words(text: str) -> str:
-    from .synth import flip_text_left_right
-
-    return flip_text_left_right(text)
 
 
 def targets_from_loss_mask(ids: list[int], loss_mask: list[bool]) -> torch.Tensor:

@@ -187,7 +187,7 @@ class VisionLanguageModel(nn.Module):
 
     def num_parameters(self) -> dict[str, int]:
         """Unique parameters per module (a tied lm_head is counted once, in the embedding)."""
-        count = lambda m: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+        count = lambda m: sum(p.numel() for p in m.parameters())   # parameters() yields a shared tensor once
         parts = {"vision": count(self.vision), "projector": count(self.projector), "decoder": count(self.decoder)}
         parts["total"] = sum(parts.values())
         return parts
