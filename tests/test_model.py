@@ -211,3 +211,16 @@ def test_overrides_rederive_dependent_fields():
     assert cfg.decoder.n_kv_head == 4 and cfg.decoder.head_dim == 8
     cfg = from_name("nanovlm-222m").with_overrides({"decoder.n_embd": 48, "decoder.head_dim": 16})
     assert cfg.decoder.head_dim == 16
+
+
+
+@pytest.mark.parametrize("stem", ["linear", "conv2"])
+def test_patch_stems_see_their_own_patch_only(stem):
+    cfg = tiny_config(**{"vision.patch_stem": stem, "vision.stem_channels": 16})
+    model = VisionLanguageModel(cfg)
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = model.vision.patch_stem(x)
+    assert out.shape == (2, cfg.vision.num_patches, cfg.vision.width)
+    out[0, 0].sum().backward()
+    assert x.grad[0, :, :8, :8].abs().sum() > 0 and x.grad[1].abs().sum() == 0
+    assert x.grad[0, :, 8:, :].abs().sum() == 0 and x.grad[0, :, :, 8:].abs().sum() == 0

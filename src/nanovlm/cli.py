@@ -89,7 +89,7 @@ def cmd_demo(args):
     from .demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=args.out, n_scenes=args.n, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                        eval_scenes=args.eval_scenes))
+                        eval_scenes=args.eval_scenes, train_overrides=parse_overrides(args.set)))
 
 
 def cmd_eval_grounding(args):
@@ -126,6 +126,9 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DemoConfig
+
+    demo_defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="nanovlm", description="Build, train, evaluate and serve small "
                                      "vision-language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -223,11 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: make scenes, train the demo model on CPU, report grounding "
                        "accuracy and sample completions, save the model")
     p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, report and model")
-    p.add_argument("--n", type=int, default=12000, help="scenes to draw (default 12000)")
-    p.add_argument("--steps", type=int, default=5000, help="training steps (default 5000)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-scenes", type=int, default=500, help="held-out scenes to score (default 500)")
+    p.add_argument("--n", type=int, default=demo_defaults.n_scenes,
+                   help=f"scenes to draw (default {demo_defaults.n_scenes})")
+    p.add_argument("--steps", type=int, default=demo_defaults.steps,
+                   help=f"training steps (default {demo_defaults.steps})")
+    p.add_argument("--batch-size", type=int, default=demo_defaults.batch_size)
+    p.add_argument("--seed", type=int, default=demo_defaults.seed)
+    p.add_argument("--eval-scenes", type=int, default=demo_defaults.eval_scenes,
+                   help=f"held-out scenes to score (default {demo_defaults.eval_scenes})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="training option or model key for the demo run, e.g. lr_vision=7e-4 or decoder.n_layer=4")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,0 +1,28 @@
+"""The main job end to end through the CLI, on a few scenes and steps."""
+import json
+import subprocess
+import sys
+
+
+def test_demo_runs_end_to_end_and_passes_overrides(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "nanovlm.cli", "demo", "--out", str(out), "--n", "80", "--steps", "4",
+           "--eval-scenes", "4", "--set", "decoder.n_layer=1", "--set", "threads=1", "--set", "progress=false"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "object accuracy", "total time"):
+        assert step in result.stdout, step
+    report = json.loads((out / "grounding.json").read_text())
+    assert report["summary"]["scenes"] == 4 and len(report["samples"]) == 4
+    assert all(s["generated"].startswith(s["prompt"]) for s in report["samples"])
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["decoder"]["n_layer"] == 1                     # the --set model key reached the model
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_demo_rejects_an_unknown_set_key(tmp_path):
+    cmd = [sys.executable, "-m", "nanovlm.cli", "demo", "--out", str(tmp_path / "d"), "--n", "20", "--steps", "1",
+           "--set", "bogus=1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown --set key 'bogus'" in result.stderr and "Traceback" not in result.stderr
