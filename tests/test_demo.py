@@ -3,11 +3,13 @@ import json
 import subprocess
 import sys
 
+from nanovlm.demo import DemoConfig
+
 
 def test_demo_runs_end_to_end_and_passes_overrides(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "nanovlm.cli", "demo", "--out", str(out), "--n", "80", "--steps", "4",
-           "--eval-scenes", "4", "--set", "decoder.n_layer=1", "--set", "threads=1", "--set", "progress=false"]
+           "--eval-scenes", "4", "--set", "decoder.n_layer=1", "--set", "lr_vision=1e-4", "--set", "threads=1", "--set", "progress=false"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "object accuracy", "total time"):
@@ -18,6 +20,9 @@ def test_demo_runs_end_to_end_and_passes_overrides(tmp_path):
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["decoder"]["n_layer"] == 1                     # the --set model key reached the model
     assert (out / "model" / "model.safetensors").is_file()
+    train_config = json.loads((out / "run" / "train_config.json").read_text())
+    assert train_config["lr_vision"] == 1e-4                                  # --set beats the demo's setting
+    assert train_config["lr_projector"] == DemoConfig().lr_vision and train_config["augment"] is False
 
 
 def test_demo_rejects_an_unknown_set_key(tmp_path):

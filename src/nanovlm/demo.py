@@ -54,13 +54,13 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     log(f"[2/4] training the demo preset for {cfg.steps} steps (batch {cfg.batch_size}) on "
         f"{'CUDA' if _cuda() else 'CPU'}")
     train_kw, model_kw = split_overrides(cfg.train_overrides)
-    tcfg = TrainConfig(preset="demo", data=str(data), out=str(out / "run"), steps=cfg.steps,
-                       batch_size=cfg.batch_size, lr=cfg.lr, lr_vision=cfg.lr_vision, lr_projector=cfg.lr_vision,
-                       seed=cfg.seed, warmup_steps=min(100, cfg.steps // 10),
-                       eval_every=max(cfg.steps // 8, 1), model=model_kw,
-                       # No augmentation: a flipped picture would name its objects right to left, against the
-                       # fixed left-to-right order of the descriptions.
-                       **{"augment": False, **train_kw})
+    settings = dict(preset="demo", data=str(data), out=str(out / "run"), steps=cfg.steps, batch_size=cfg.batch_size,
+                    lr=cfg.lr, lr_vision=cfg.lr_vision, lr_projector=cfg.lr_vision, seed=cfg.seed,
+                    warmup_steps=min(100, cfg.steps // 10), eval_every=max(cfg.steps // 8, 1),
+                    # No augmentation: a flipped picture would name its objects right to left, against the
+                    # fixed left-to-right order of the descriptions.
+                    augment=False)
+    tcfg = TrainConfig(**{**settings, **train_kw}, model=model_kw)   # --set wins over the demo's settings
     summary = train(tcfg)
     log(f"      final train loss {summary['final_loss']:.3f}, best validation loss {summary['best_val_loss']:.3f}, "
         f"{summary['train_time_s']:.0f} s")
