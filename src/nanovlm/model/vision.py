@@ -37,6 +37,29 @@ class Conv2PatchStem(nn.Module):
         return self.proj(torch.relu(self.norm(x)))                     # (B, num_patches, width)
 
 
+class ConvNetPatchStem(nn.Module):
+    """A small conv net: 3 x 3 convs with stride 2 (GroupNorm, GELU) halve the picture log2(patch) times, then a
+    1 x 1 conv maps to the model width ("Early convolutions help transformers see better", Xiao et al. 2021).
+    Unlike the linear stems it sees edges and corners across patch borders. Channels double up to stem_channels."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        n_down = cfg.patch_size.bit_length() - 1
+        channels = [3] + [cfg.stem_channels >> (n_down - 1 - i) for i in range(n_down)]
+        layers = []
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(1, c_out, eps=cfg.norm_eps), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels[-1], cfg.width, kernel_size=1)
+
+    def forward(self, images):
+        return self.proj(self.convs(images)).flatten(2).transpose(1, 2)   # (B, num_patches, width)
+
+
+STEMS = {"linear": LinearPatchStem, "conv2": Conv2PatchStem, "convnet": ConvNetPatchStem}
+
+
 class VisionBlock(nn.Module):
     """Pre-LN transformer block with bidirectional attention."""
 
@@ -58,7 +81,7 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch_stem = LinearPatchStem(cfg) if cfg.patch_stem == "linear" else Conv2PatchStem(cfg)
+        self.patch_stem = STEMS[cfg.patch_stem](cfg)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width)) if cfg.use_cls else None
         n_positions = cfg.num_patches + int(cfg.use_cls)
         self.position = nn.Parameter(torch.zeros(1, n_positions, cfg.width))
