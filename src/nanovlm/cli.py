@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: make scenes, train the demo model on CPU, report grounding "
                        "accuracy and sample completions, save the model")
-    p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, report and model")
+    p.add_argument("--out", default=demo_defaults.out, help="folder for data, checkpoints, report and model")
     p.add_argument("--n", type=int, default=demo_defaults.n_scenes,
                    help=f"scenes to draw (default {demo_defaults.n_scenes})")
     p.add_argument("--steps", type=int, default=demo_defaults.steps,
