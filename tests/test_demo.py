@@ -15,8 +15,10 @@ def test_demo_runs_end_to_end_and_passes_overrides(tmp_path):
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "object accuracy", "total time"):
         assert step in result.stdout, step
     report = json.loads((out / "grounding.json").read_text())
-    assert report["summary"]["scenes"] == 4 and len(report["samples"]) == 4
-    assert all(s["generated"].startswith(s["prompt"]) for s in report["samples"])
+    samples = [json.loads(line) for line in (out / "grounding.jsonl").read_text().splitlines()]
+    assert report["summary"]["scenes"] == 4 and len(samples) == 4
+    assert all(s["answer"].startswith(s["answer_start"]) for s in samples)
+    assert "object accuracy" in (out / "grounding.md").read_text()
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["decoder"]["n_layer"] == 1                     # the --set model key reached the model
     assert (out / "model" / "model.safetensors").is_file()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from .data.format import RECORDS_FILE
 from .data.synth import make_scenes
-from .evaluate import grounding
-from .evaluate.completion import evaluate_grounding, write_report
+from .evaluate import evaluate, grounding, write_report
 from .model.vlm import VisionLanguageModel
 from .train import TrainConfig, split_overrides, train
 
@@ -68,17 +67,18 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
     log(f"[3/4] grounding: completing {cfg.eval_scenes} held-out descriptions from their first words")
     model = VisionLanguageModel.from_pretrained(summary["best"])
-    result = evaluate_grounding(model, data, split="test", limit=cfg.eval_scenes)
-    write_report(result, out / "grounding.json")
+    result = evaluate(model, data, "grounding", split="test", limit=cfg.eval_scenes, batch_size=64)
+    write_report(result, out / "grounding.json")   # + grounding.jsonl (per scene) and grounding.md
     log(grounding.format_table(result["summary"]))
     log("\n      a few completions (prompt in [brackets]):")
     for sample in result["samples"][: cfg.show]:
-        log(f"      {sample['image']}\n        [{sample['prompt']}]{sample['generated'][len(sample['prompt']):]}")
+        start = sample["answer_start"]
+        log(f"      {data / sample['images'][0]}\n        [{start}]{sample['answer'][len(start):]}")
 
     model.save_pretrained(out / "model")
     elapsed = time.time() - started
     log(f"[4/4] model saved to {out / 'model'}  (try: nanovlm generate --model {out / 'model'} "
-        f"--image {result['samples'][0]['image']} --prompt \"I see\")")
+        f"--image {data / result['samples'][0]['images'][0]} --prompt \"I see\")")
     log(f"      total time {elapsed / 60:.1f} min; report: {out / 'grounding.json'}")
     return {"summary": result["summary"], "train": summary, "elapsed_s": elapsed}
 

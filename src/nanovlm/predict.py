@@ -27,12 +27,14 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 @torch.no_grad()
-def complete(model: VisionLanguageModel, images: list[Image.Image], answer_starts: list[str] | None = None,
+def complete(model: VisionLanguageModel, images: list[Image.Image | list[Image.Image]],
+             answer_starts: list[str] | None = None,
              questions: list[str] | None = None, max_new_tokens: int = 80, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              batch_size: int = 32) -> list[str]:
     """For each image, continue the answer to its question from the given start (the paper's task: the first
-    words of a description). Returns only the generated continuation of each."""
+    words of a description). Returns only the generated continuation of each. An entry of `images` may be a list:
+    that sample's images in order (multi-image questions), or [] for a text-only one."""
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise CheckpointError("the model has no tokenizer: load it with VisionLanguageModel.from_pretrained(dir) "
@@ -47,11 +49,14 @@ def complete(model: VisionLanguageModel, images: list[Image.Image], answer_start
     outputs = []
     for start in range(0, n, batch_size):
         chunk = range(start, min(start + batch_size, n))
+        per_sample = [images[i] if isinstance(images[i], (list, tuple)) else [images[i]] for i in chunk]
         prompts = [tokenizer.encode_conversation([{"user": questions[i], "assistant": answer_starts[i]}],
-                                                 model.cfg.image_tokens_per_image, fusion=model.cfg.fusion,
-                                                 for_generation=True)[0] for i in chunk]
+                                                 len(own) * model.cfg.image_tokens_per_image,
+                                                 fusion=model.cfg.fusion, for_generation=True)[0]
+                   for i, own in zip(chunk, per_sample)]
         ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-        pixels = torch.stack([to_tensor(images[i], model.cfg.vision) for i in chunk]).to(device, dtype)
+        flat = [to_tensor(image, model.cfg.vision) for own in per_sample for image in own]
+        pixels = torch.stack(flat).to(device, dtype) if flat else None
         new = model.generate(ids.to(device), pixels, attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         outputs.extend(tokenizer.decode(row) for row in new.tolist())

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 
-from ..data.synth import COLORS, NOUN_SYNONYMS, SHAPES
+from ..data.synth import COLORS, NOUN_SYNONYMS, SHAPES, split_opening
+from .runner import Item, Scorer, register_scorer
 
 COUNT_OF = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 SIZE_OF = {"big": "big", "large": "big", "huge": "big", "small": "small", "little": "small", "tiny": "small"}
@@ -245,3 +246,50 @@ def format_table(summary: dict) -> str:
         rows.append((label, shown))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {shown:>7}" for label, shown in rows)
+
+
+# -----------------------------------------------------------------------------
+# the task for the evaluation runner: `nanovlm eval grounding`
+
+def prompt_words(description: str, fallback_words: int = 3) -> str:
+    """The opening the model is given: the scene generator's generic opening phrase (it names no attribute, not
+    even a count, so "I see" and not "I see a"), or the first few words of any other description."""
+    try:
+        return split_opening(description)[0]
+    except ValueError:
+        return " ".join(description.split()[:fallback_words])
+
+
+@register_scorer
+class GroundingScorer(Scorer):
+    """The paper's task, scored objectively: each held-out scene's description is started with its opening words,
+    the model writes the rest, and the colours, shapes, counts and positions it names are checked against meta."""
+    name = "grounding"
+    description = ("complete held-out scene descriptions from their first words and score the colours, shapes, "
+                   "counts and positions they name against the ground truth")
+
+    def items(self, record: dict) -> list[Item]:
+        if not record.get("meta", {}).get("objects") or not record["images"]:
+            return []
+        turn = record["texts"][0]
+        return [Item(id=record["id"], images=record["images"][:1], question=turn["user"],
+                     answer_start=prompt_words(turn["assistant"]), reference=turn["assistant"],
+                     meta=record["meta"])]
+
+    def new_tokens(self, items: list[Item], tokenizer) -> int:
+        # room for the longest reference description, plus slack
+        return int(max(len(tokenizer.encode(i.reference)) for i in items) * 1.3) + 8
+
+    def score(self, answer: str, item: Item) -> dict:
+        return score_description(answer, item.meta)
+
+    def summarize(self, scores: list[dict], items: list[Item]) -> dict:
+        return summarize(scores)
+
+    def no_items_hint(self) -> str:
+        return "Grounding needs records with meta.objects: make the data with `nanovlm data scenes`"
+
+    def format_value(self, key: str, value) -> str:
+        if key == "hallucinations_per_scene" and value is not None:
+            return f"{value:.2f}"
+        return super().format_value(key, value)
