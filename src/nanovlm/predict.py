@@ -5,25 +5,13 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image
 
 from .data.format import DESCRIBE_PROMPT
 from .data.transforms import to_tensor
+from .images import open_image  # noqa: F401  (re-exported: predict.open_image was its first home)
 from .model.vlm import CheckpointError, VisionLanguageModel
-
-
-def open_image(path: str | Path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as e:
-        raise FileNotFoundError(f"{path} is not a readable image ({e})") from None
 
 
 @torch.no_grad()

@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from ..images import DEFAULT_MAX_PIXELS, ImageError, open_image
+
 RECORDS_FILE = "records.jsonl"
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = "train"  # unlabelled records are training data
@@ -103,11 +105,13 @@ def validate_record(obj, where: str) -> dict:
 # -----------------------------------------------------------------------------
 # a whole folder
 
-def read_records(folder, split: str | None = None, check_images: bool = True) -> list[dict]:
+def read_records(folder, split: str | None = None, check_images: bool = True,
+                 max_images: int | None = None) -> list[dict]:
     """Read and validate `folder/records.jsonl`; return the records of `split` (all records when None).
 
     Blank lines are skipped. Ids must be unique across the whole file. With check_images, every image named by a
-    returned record must exist. Any problem raises DatasetFormatError naming the file and the 1-based line.
+    returned record must exist. max_images: the most images one record may hold (the model's cfg.max_images).
+    Any problem raises DatasetFormatError naming the file and the 1-based line.
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
@@ -143,6 +147,10 @@ def read_records(folder, split: str | None = None, check_images: bool = True) ->
             line_of_id[obj["id"]] = line_number
             if split is not None and obj.get("split", DEFAULT_SPLIT) != split:
                 continue
+            if max_images is not None and len(obj["images"]) > max_images:
+                raise _fail(where, f"record {obj['id']!r} has {len(obj['images'])} images but the model takes at "
+                                   f"most {max_images} per record (max_images)",
+                            "Split the record into one record per image, or use a model with a larger max_images")
             if check_images:
                 for image in obj["images"]:
                     if not (folder / image).is_file():
@@ -193,25 +201,18 @@ def write_records(folder, records) -> Path:
     return path
 
 
-def load_image(folder, relpath: str) -> Image.Image:
-    """Open `folder/relpath` as an RGB PIL image (transparency composited onto white).
+def load_image(folder, relpath: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               min_size: int | None = None) -> Image.Image:
+    """Open `folder/relpath` as an RGB PIL image with nanovlm.images.open_image (pixel cap checked before
+    decoding, real range of 16-bit and float images, transparency composited onto white; min_size: reduce big
+    images while decoding, keeping the shorter side >= min_size).
 
     A missing, unreadable or corrupt file raises DatasetFormatError naming the file.
     """
-    path = Path(folder) / relpath
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, rgba).convert("RGB")
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise _fail(str(path), "image file not found", "Put the image there or fix the record's path") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # Pillow reports truncated or foreign files as OSError, some broken PNGs as SyntaxError
-        raise _fail(str(path), f"cannot read the image ({e})", "Replace the file with a valid PNG or JPEG") from None
+        return open_image(Path(folder) / relpath, max_pixels=max_pixels, min_size=min_size)
+    except ImageError as e:
+        raise DatasetFormatError(str(e)) from None
 
 
 def assign_split(key: str, seed: int, fractions=(0.8, 0.1, 0.1)) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..config import VLMConfig
+from ..images import DEFAULT_MAX_PIXELS
 from ..tokenizer import Tokenizer
 from . import format as fmt
 from .synth import flip_text_left_right
@@ -30,9 +31,10 @@ class VLMDataset(Dataset):
     """Items are (index, epoch) pairs from EpochSampler; __getitem__ returns one tokenised, augmented sample."""
 
     def __init__(self, folder, tokenizer: Tokenizer, cfg: VLMConfig, split: str | None = "train",
-                 augmentation: Augmentation | None = None, seed: int = 0, max_len: int | None = None):
-        self.folder = folder
-        self.records = fmt.read_records(folder, split=split)
+                 augmentation: Augmentation | None = None, seed: int = 0, max_len: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.folder, self.max_pixels = folder, max_pixels
+        self.records = fmt.read_records(folder, split=split, max_images=cfg.max_images)
         if not self.records:
             raise fmt.DatasetFormatError(f"{folder}: no records in split {split!r}; check the 'split' fields "
                                          f"or make the data with `nanovlm data scenes`")
@@ -53,7 +55,8 @@ class VLMDataset(Dataset):
         if self.augmentation and self.augmentation.flip:
             flip = rng.random() < 0.5      # one decision per sample: every image and every text flip together
         for path in record["images"]:
-            image = fmt.load_image(self.folder, path)
+            # big pictures are reduced while decoding, so augmentation never runs on megapixels
+            image = fmt.load_image(self.folder, path, self.max_pixels, min_size=self.cfg.vision.image_size)
             if self.augmentation:
                 image = augment(image, rng, self.augmentation.max_rotation, self.augmentation.jitter)
             if flip:
