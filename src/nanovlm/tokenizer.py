@@ -45,6 +45,9 @@ class Tokenizer:
         self.eos_token_id = hf.token_to_id(eos_token)
         self.pad_token_id = hf.token_to_id(pad_token)
         self.has_chat_template = hf.token_to_id(CHAT_START) is not None and hf.token_to_id(CHAT_END) is not None
+        # Text never produces special ids: "<|image|>" typed in a record or a prompt is nine plain characters, not
+        # a placeholder. Our own prompt formats insert special tokens by id (encode_conversation).
+        hf.encode_special_tokens = True
 
     # ---------------------------------------------------------------- construction
 
@@ -98,6 +101,7 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
+        """Plain text -> ids. Special tokens written in the text are encoded as their characters."""
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
@@ -121,6 +125,7 @@ class Tokenizer:
             ids.extend(token_ids)
             loss.extend([take_loss] * len(token_ids))
 
+        chat_start, chat_end = self.hf.token_to_id(CHAT_START), self.hf.token_to_id(CHAT_END)
         images = [self.image_token_id] * n_image_tokens
         if not use_chat:
             add(images, False)
@@ -128,16 +133,16 @@ class Tokenizer:
             last = turn == len(texts) - 1
             user, answer = text.get("user", ""), text.get("assistant", "")
             if use_chat:
-                add(self.encode(f"{CHAT_START}user\n"), False)
+                add([chat_start, *self.encode("user\n")], False)
                 add(images if turn == 0 else [], False)
-                add(self.encode(f"{user}{CHAT_END}\n{CHAT_START}assistant\n"), False)
+                add([*self.encode(user), chat_end, *self.encode("\n"), chat_start, *self.encode("assistant\n")], False)
             else:
                 add(self.encode(f"{user}\n" if user else ""), False)
             if for_generation and last:
                 add(self.encode(answer), False)
                 break
             add(self.encode(answer), True)
-            add([self.hf.token_to_id(CHAT_END) if use_chat else self.eos_token_id], True)
+            add([chat_end if use_chat else self.eos_token_id], True)
             if use_chat:
                 add(self.encode("\n"), False)
         return ids, loss
