@@ -23,22 +23,13 @@ import time
 import torch
 
 from .config import ConfigError, from_name
+from .devices import resolve_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _log(message: str):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: torch sees no CUDA device here; use --device cpu (or auto)")
-    if not device.startswith(("cpu", "cuda")):
-        raise ConfigError(f"--device must be cpu, cuda or auto; got {device!r}")
-    return torch.device(device)
 
 
 def _check_dtype(name: str, value: str) -> torch.dtype:
@@ -243,7 +234,7 @@ def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: 
         raise ConfigError("steps and new_tokens must be >= 0")
     train_torch_dtype = _check_dtype("train_dtype", train_dtype)
     decode_torch_dtype = _check_dtype("decode_dtype", decode_dtype)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     torch.set_num_threads(threads)
     cfg = build_config(preset)
     for phase, length in (("train", cfg.image_tokens_per_image + text_len),

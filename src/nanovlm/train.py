@@ -26,6 +26,7 @@ from . import checkpoint
 from .config import ConfigError, VLMConfig, from_name
 from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate
+from .devices import resolve_device
 from .model.vlm import VisionLanguageModel
 from .tokenizer import Tokenizer
 
@@ -118,15 +119,15 @@ def setup_runtime(tcfg: TrainConfig) -> Runtime:
     """Single process, or one DDP process per torchrun worker (gloo on CPU, NCCL on CUDA)."""
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    use_cuda = tcfg.device == "cuda" or (tcfg.device == "auto" and torch.cuda.is_available())
+    device = resolve_device(tcfg.device)    # "cuda" without CUDA is a clear ConfigError here
+    use_cuda = device.type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+        # plain "cuda": one GPU per torchrun worker; "cuda:N": the GPU asked for
+        index = int(os.environ.get("LOCAL_RANK", "0")) if device.index is None else device.index
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Runtime(rank=rank, world_size=world_size, device=device)
