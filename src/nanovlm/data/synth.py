@@ -710,53 +710,105 @@ def split_opening(text: str) -> tuple[str, str]:
 # -----------------------------------------------------------------------------
 # questions and short answers
 
-def ask_questions(scene: dict, rng: random.Random, n: int = 5) -> list[dict]:
-    """`n` varied {"user": question, "assistant": short answer} pairs about the scene."""
+# Question wordings per type. The LAST wording of each type is held out: training and validation scenes never use
+# it, test scenes do (meta.questions[k].heldout_template), so an evaluation can tell "understood the question" from
+# "memorised the sentence". Slots: {noun} (singular or plural, as many as there are), {be} (is/are), {plural},
+# {color}, {thing} ("a red ball"), {place} ("on the left"), {first}/{second} (plurals).
+QUESTION_TEMPLATES = {
+    "color": ("What color {be} the {noun}?", "What is the color of the {noun}?", "Which color {be} the {noun}?",
+              "Tell me the color of the {noun}."),
+    "shape": ("What is the {color} thing?", "What shape is the {color} thing?", "Which thing is {color}?"),
+    "count": ("How many {plural} are there?", "How many {plural} can you see?", "How many {plural} are in the picture?",
+              "Count the {plural}."),
+    "count_color": ("How many {color} things are there?", "How many things are {color}?",
+                    "Count the {color} things."),
+    "position": ("Where {be} the {noun}?", "Where {be} the {noun} in the picture?",
+                 "In which part of the picture {be} the {noun}?"),
+    "object_at": ("What is {place}?", "What do you see {place}?", "Name the thing {place}."),
+    "exist": ("Is there {thing}?", "Can you see {thing}?", "Do you see {thing}?", "Is {thing} in the picture?"),
+    "compare": ("Are there more {first} than {second}?", "Is the number of {first} bigger than the number of {second}?",
+                "Do you see more {first} than {second}?"),
+}
+QUESTION_TYPES = tuple(QUESTION_TEMPLATES)
+POSITION_ANSWERS = {"left": "left", "middle": "middle", "right": "right", "top": "sky"}
+PLACE_WORDS = {"left": "on the left", "middle": "in the middle", "right": "on the right", "top": "in the sky"}
+
+
+def _count_word(n: int) -> str:
+    return NUMBER_WORDS.get(n, "zero" if n == 0 else str(n))
+
+
+def _question_choices(scene: dict, rng: random.Random) -> dict[str, list[tuple[dict, str]]]:
+    """For each question type, the (slots, answer) pairs this scene can answer without ambiguity."""
     bg = BACKGROUNDS[scene["background"]]
-    present = {g["shape"]: g for g in scene["groups"]}
-    by_kind = {"color": [], "count": [], "where": [], "what": [], "yes": [], "no": [], "size": []}
-    for g in scene["groups"]:
+    groups = scene["groups"]
+    count_of = {g["shape"]: g["count"] for g in groups}
+    colors = [g["color"] for g in groups]
+    absent = [s for s in bg.shapes if s not in count_of]
+    out = {t: [] for t in QUESTION_TYPES}
+    for g in groups:
         one = g["count"] == 1
         noun = g["shape"] if one else SHAPES[g["shape"]].plural
-        plural = SHAPES[g["shape"]].plural
-        be = "is" if one else "are"
-        where = ("on the " + g["on"]) if "on" in g else COLUMN_PHRASES[g["position"]][0]
-        by_kind["color"].append((f"What color {be} the {noun}?", g["color"]))
-        by_kind["count"].append((f"How many {plural} are there?", NUMBER_WORDS[g["count"]]))
-        by_kind["where"].append((f"Where {be} the {noun}?", where))
-        by_kind["size"].append((f"{_cap(be)} the {noun} big or small?", g["size"]))
-        there = f"Is there {_article(g['color'])} {g['color']} {noun}?" if one else f"Are there {g['color']} {noun}?"
-        by_kind["yes"].append((there, "yes"))
-        other = rng.choice([c for c in SHAPES[g["shape"]].colors if c != g["color"]] or [g["color"]])
-        if other != g["color"]:
-            wrong = f"Is there {_article(other)} {other} {noun}?" if one else f"Are there {other} {noun}?"
-            by_kind["no"].append((wrong, "no"))
-    for phrase_key, question in (("left", "What is on the left?"), ("right", "What is on the right?"),
-                                 ("middle", "What is in the middle?"), ("top", "What is in the sky?")):
-        here = [g for g in scene["groups"] if g["position"] == phrase_key and "on" not in g]
-        if len(here) == 1:   # only ask where the answer is one thing
-            g = here[0]
-            by_kind["what"].append((question, g["shape"] if g["count"] == 1 else SHAPES[g["shape"]].plural))
-    for g in scene["groups"]:
+        slots = {"noun": noun, "be": "is" if one else "are", "plural": SHAPES[g["shape"]].plural, "color": g["color"]}
+        out["color"].append((slots, g["color"]))
+        out["count"].append((slots, _count_word(g["count"])))
+        out["position"].append((slots, f"on the {g['on']}" if "on" in g else POSITION_ANSWERS[g["position"]]))
+        if colors.count(g["color"]) == 1:
+            out["shape"].append((slots, g["shape"]))
+        out["exist"].append(({"thing": f"{_article(g['color'])} {g['color']} {g['shape']}"}, "yes"))
+        wrong = [c for c in SHAPES[g["shape"]].colors if c != g["color"]]
+        if wrong:
+            c = rng.choice(wrong)
+            out["exist"].append(({"thing": f"{_article(c)} {c} {g['shape']}"}, "no"))
         if "on" in g:
-            by_kind["what"].append((f"What is on the {g['on']}?", g["shape"]))
-    absent = [s for s in bg.shapes if s not in present]
-    for shape in rng.sample(absent, min(2, len(absent))):
-        by_kind["no"].append((f"Is there {_article(shape)} {shape}?", "no"))
-        by_kind["count"].append((f"How many {SHAPES[shape].plural} are there?", "zero"))
+            out["object_at"].append(({"place": f"on the {g['on']}"}, g["shape"]))
+    for shape in absent:
+        out["count"].append(({"plural": SHAPES[shape].plural}, "zero"))
+        out["exist"].append(({"thing": f"{_article(shape)} {shape}"}, "no"))
+    for position, place in PLACE_WORDS.items():
+        here = [g for g in groups if g["position"] == position and "on" not in g]
+        if len(here) == 1:   # ask only where the answer is one thing
+            g = here[0]
+            out["object_at"].append(({"place": place}, g["shape"] if g["count"] == 1 else SHAPES[g["shape"]].plural))
+    for color in COLORS:
+        n = sum(g["count"] for g in groups if g["color"] == color)
+        if n or rng.random() < 0.3:   # mostly colours that are there; "zero" now and then
+            out["count_color"].append(({"color": color}, _count_word(n)))
+    shapes = list(count_of) + absent[:1]
+    for a in shapes:
+        for b in shapes:
+            if a != b and count_of.get(a, 0) != count_of.get(b, 0):   # equal counts would make "no" the easy guess
+                out["compare"].append(({"first": SHAPES[a].plural, "second": SHAPES[b].plural},
+                                       "yes" if count_of.get(a, 0) > count_of.get(b, 0) else "no"))
+    return out
 
-    # one of each kind first (yes and no balanced), then anything left
-    chosen, seen = [], set()
-    kinds = ["color", "count", "where", rng.choice(("yes", "no")), "what", "size"]
+
+def ask_questions(scene: dict, rng: random.Random, n: int = 5, heldout_templates: bool = False) -> list[dict]:
+    """`n` questions of different types about the scene: {"user", "assistant" (a short answer), "type",
+    "template" ("count/2"), "heldout_template"}. Held-out wordings are used only with heldout_templates (test
+    scenes); yes and no are equally likely for yes/no questions."""
+    choices = _question_choices(scene, rng)
+    kinds = [k for k in QUESTION_TYPES if choices[k]]
     rng.shuffle(kinds)
-    pool = [q for k in kinds if by_kind[k] for q in [rng.choice(by_kind[k])]]
-    rest = [q for k in by_kind for q in by_kind[k]]
-    rng.shuffle(rest)
-    for q, a in pool + rest:
-        if q not in seen and len(chosen) < n:
-            chosen.append({"user": q, "assistant": a})
-            seen.add(q)
-    return chosen
+    asked, seen = [], set()
+    for kind in kinds * 2:   # one question per type first; a second round only when the scene allows few types
+        if len(asked) == n:
+            break
+        pool = choices[kind]
+        if kind in ("exist", "compare"):   # balance yes and no
+            answer = rng.choice(sorted({a for _, a in pool}))
+            pool = [p for p in pool if p[1] == answer]
+        slots, answer = rng.choice(pool)
+        templates = QUESTION_TEMPLATES[kind]
+        index = rng.randrange(len(templates) if heldout_templates else len(templates) - 1)
+        question = templates[index].format(**slots)
+        question = question[:1].upper() + question[1:]
+        if question in seen:
+            continue
+        seen.add(question)
+        asked.append({"user": question, "assistant": answer, "type": kind, "template": f"{kind}/{index}",
+                      "heldout_template": index == len(templates) - 1})
+    return asked
 
 
 # -----------------------------------------------------------------------------
@@ -793,20 +845,26 @@ def flip_meta_left_right(meta: dict) -> dict:
 # -----------------------------------------------------------------------------
 # the dataset
 
-def make_scene_record(index: int, seed: int, style: str, image_size: int, id_digits: int = 6):
-    """One record and its image. The text depends on (seed, index, style) only, not on the image size."""
+def make_scene_record(index: int, seed: int, style: str, image_size: int, id_digits: int = 6,
+                      heldout_templates: bool = False):
+    """One record and its image. The text depends on (seed, index, style) only, not on the image size.
+    heldout_templates: VQA questions may use the held-out wordings (test scenes only)."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = random.Random(f"scenes/{seed}/{index}")   # str seeds hash with SHA-512: stable across runs and machines
     scene = plan_scene(rng)
     image = render_scene(scene, image_size)
+    questions = []
     if style == "vqa":
-        texts = ask_questions(scene, rng, n=rng.randint(4, 6))
+        questions = ask_questions(scene, rng, n=rng.randint(4, 6), heldout_templates=heldout_templates)
+        texts = [{"user": q["user"], "assistant": q["assistant"]} for q in questions]
     else:
         texts = [{"user": DESCRIBE_PROMPT, "assistant": describe_scene(scene, style, rng)}]
     scene_id = f"scene-{index:0{id_digits}d}"
     meta = scene_meta(scene)
     meta["style"] = style
+    if questions:   # what the vqa scorer reports by: type, wording, seen or held-out wording
+        meta["questions"] = [{k: q[k] for k in ("type", "template", "heldout_template")} for q in questions]
     record = {"id": scene_id, "images": [f"images/{scene_id}.png"], "texts": texts, "meta": meta}
     return record, image
 
@@ -837,9 +895,11 @@ def make_scenes(out, n: int, style: str = "short", image_size: int = 64, seed: i
     records, splits, words = [], {"train": 0, "val": 0, "test": 0}, 0
     start = time.perf_counter()
     for index in tqdm(range(n), desc=f"scenes ({style}, {image_size}px)", unit="img", disable=not progress):
-        record, image = make_scene_record(index, seed, style, image_size, digits)
+        split = assign_split(f"scene-{index:0{digits}d}", seed, fractions)
+        # held-out scenes (test) also ask in wordings that training never shows
+        record, image = make_scene_record(index, seed, style, image_size, digits, heldout_templates=split == "test")
         image.save(out / record["images"][0], format="PNG")
-        record["split"] = assign_split(record["id"], seed, fractions)
+        record["split"] = split
         splits[record["split"]] += 1
         words += sum(count_words(t["assistant"]) for t in record["texts"])
         records.append(record)
