@@ -32,4 +32,4 @@ def test_demo_rejects_an_unknown_set_key(tmp_path):
            "--set", "bogus=1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "unknown --set key 'bogus'" in result.stderr and "Traceback" not in result.stderr
+    assert "unknown option 'bogus'" in result.stderr and "Traceback" not in result.stderr

@@ -30,7 +30,7 @@ def test_nanovlm_222m_shape():
 def test_unknown_preset_and_key():
     with pytest.raises(ConfigError, match="unknown preset"):
         from_name("gigantic")
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown model key 'decoder.n_layers'; did you mean decoder.n_layer"):
         from_name("tiny").with_overrides({"decoder.n_layers": 3})
 
 

@@ -6,8 +6,13 @@ config.json and read back is the same object.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,109 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 
 class ConfigError(ValueError):
     """A configuration a user wrote (preset name, --set key, config.json) is not valid."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Typed values: every option (a --set pair, a CLI flag, a config.json entry) is parsed by its dataclass field's
+# type here, and nowhere else.
+# ---------------------------------------------------------------------------------------------------------------
+
+_TRUE, _FALSE, _NONE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"none", "null"}
+
+
+def field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def parse_value(kind, value, name: str):
+    """`value` (a string from the command line, or a JSON value) as the type `kind`, or a ConfigError naming
+    the option. Strings are parsed (\"4\" -> 4, \"vision,projector\" -> [\"vision\", \"projector\"]); JSON values
+    must already have the right type (4.0 is no int, \"4\" is no number in config.json)."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):          # X | None
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            return None
+        return parse_value(args[0], value, name)
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if origin is int:
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if origin is float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if origin is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{name} must be a list like [\"a\", \"b\"] or a,b; got {value!r}") from None
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        item = args[0] if args else str
+        items = [parse_value(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{name} must be a mapping, got {value!r}")
+    raise TypeError(f"no parser for the type {kind} of {name}")       # a bug in nanovlm, not a user error
+
+
+def typed_kwargs(cls, data: dict, where: str) -> dict:
+    """data's values parsed by cls's field types; unknown keys are one error with a suggestion."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    kinds = {f.name: field_types(cls)[f.name] for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in kinds:
+            raise ConfigError(f"unknown key {key!r} in {where}{did_you_mean(key, kinds)}")
+    return {key: parse_value(kinds[key], value, f"{where}.{key}" if where != "config" else key)
+            for key, value in data.items()}
+
+
+def did_you_mean(key: str, known, fallback: str | None = None) -> str:
+    """'; did you mean X?' for the closest known names, else the fallback hint (default: the known names)."""
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    return f"; {fallback}" if fallback else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _check(condition: bool, message: str):
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choice(name: str, value, choices):
+    _check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 @dataclass
@@ -37,12 +145,23 @@ class VisionConfig:
     activation: str = "gelu_tanh"     # "gelu_tanh" (SigLIP) or "gelu"
     norm_eps: float = 1e-6
     dropout: float = 0.0
-    image_mean: tuple = SIGLIP_MEAN
-    image_std: tuple = SIGLIP_STD
+    image_mean: tuple[float, ...] = SIGLIP_MEAN
+    image_std: tuple[float, ...] = SIGLIP_STD
 
     def __post_init__(self):
         _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet"))
         _check_choice("vision.activation", self.activation, ("gelu", "gelu_tanh"))
+        _check(8 <= self.image_size <= 4096, f"vision.image_size must be in 8..4096 pixels, got {self.image_size}")
+        _check(1 <= self.patch_size <= self.image_size,
+               f"vision.patch_size must be in 1..image_size ({self.image_size}), got {self.patch_size}")
+        for name in ("width", "n_head", "mlp_hidden"):
+            _check(getattr(self, name) >= 1, f"vision.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.n_layer >= 0, f"vision.n_layer must be >= 0, got {self.n_layer}")
+        _check(self.stem_channels >= 0, f"vision.stem_channels must be >= 0 (0 = width // 2), got {self.stem_channels}")
+        _check(self.norm_eps > 0, f"vision.norm_eps must be > 0, got {self.norm_eps}")
+        _check(0 <= self.dropout < 1, f"vision.dropout must be in [0, 1), got {self.dropout}")
+        _check(len(self.image_mean) == 3 and len(self.image_std) == 3 and min(self.image_std) > 0,
+               "vision.image_mean and image_std need 3 values each (R, G, B), the std values > 0")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.n_head:
@@ -77,6 +196,8 @@ class ProjectorConfig:
     def __post_init__(self):
         _check_choice("projector.kind", self.kind, ("mlp", "pixel_shuffle"))
         _check_choice("projector.source", self.source, ("cls", "patches"))
+        _check(self.hidden_dim >= 0, f"projector.hidden_dim must be >= 0 (0 = 4 x vision width), got {self.hidden_dim}")
+        _check(self.shuffle_factor >= 1, f"projector.shuffle_factor must be >= 1, got {self.shuffle_factor}")
         if self.kind == "pixel_shuffle" and self.source != "patches":
             raise ConfigError("projector.kind=pixel_shuffle needs projector.source=patches")
 
@@ -106,6 +227,13 @@ class DecoderConfig:
 
     def __post_init__(self):
         _check_choice("decoder.flavour", self.flavour, ("gpt", "llama"))
+        _check(1 <= self.vocab_size <= 2**21, f"decoder.vocab_size must be in 1..{2**21}, got {self.vocab_size}")
+        for name in ("n_embd", "n_layer", "n_head", "mlp_hidden"):
+            _check(getattr(self, name) >= 1, f"decoder.{name} must be >= 1, got {getattr(self, name)}")
+        _check(1 <= self.max_seq_len <= 2**20, f"decoder.max_seq_len must be in 1..{2**20}, got {self.max_seq_len}")
+        _check(self.n_kv_head >= 0 and self.head_dim >= 0, "decoder.n_kv_head and head_dim must be >= 0 (0 = derived)")
+        _check(0 <= self.dropout < 1, f"decoder.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.rope_theta > 0 and self.norm_eps > 0, "decoder.rope_theta and norm_eps must be > 0")
         gpt = self.flavour == "gpt"
         defaults = dict(position_embedding="learned" if gpt else "rope", norm="layernorm" if gpt else "rmsnorm",
                         mlp="gelu" if gpt else "swiglu", bias=gpt)
@@ -117,10 +245,14 @@ class DecoderConfig:
         _check_choice("decoder.mlp", self.mlp, ("gelu", "swiglu"))
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
+        _check(self.head_dim >= 1, f"decoder.n_embd {self.n_embd} is smaller than n_head {self.n_head}")
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"decoder.n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}")
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even decoder.head_dim, got {self.head_dim}")
+
+
+SECTIONS = {"vision": VisionConfig, "projector": ProjectorConfig, "decoder": DecoderConfig}
 
 
 @dataclass
@@ -141,11 +273,13 @@ class VLMConfig:
     pad_token_id: int = -1
 
     def __post_init__(self):
-        for attr, cls in (("vision", VisionConfig), ("projector", ProjectorConfig), ("decoder", DecoderConfig)):
+        for attr, cls in SECTIONS.items():
             value = getattr(self, attr)
             if isinstance(value, dict):
-                setattr(self, attr, _from_dict(cls, value, attr))
+                setattr(self, attr, cls(**typed_kwargs(cls, value, attr)))
         _check_choice("fusion", self.fusion, ("prefix", "placeholder"))
+        _check(bool(self.image_token), "image_token must not be empty")
+        _check(1 <= self.max_images <= 64, f"max_images must be in 1..64, got {self.max_images}")
         if self.projector.source == "cls" and not self.vision.use_cls:
             raise ConfigError("projector.source=cls needs vision.use_cls=true")
         if self.projector.kind == "pixel_shuffle" and self.vision.patches_per_side % self.projector.shuffle_factor:
@@ -164,132 +298,110 @@ class VLMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VLMConfig":
-        return _from_dict(cls, data, "config")
+    def from_dict(cls, data: dict, where: str = "config") -> "VLMConfig":
+        return build_config(data, where=where)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "VLMConfig":
-        """Return a copy with dotted keys replaced, e.g. {"decoder.n_layer": 2, "vision.image_size": 64}."""
-        data = self.to_dict()
-        _forget_derived(data, overrides)
-        for key, value in overrides.items():
-            node, *path = key.split(".")
-            target = data
-            parts = [node, *path]
-            for part in parts[:-1]:
-                if not isinstance(target.get(part), dict):
-                    raise ConfigError(f"unknown config key {key!r}: {part!r} is not a section")
-                target = target[part]
-            if parts[-1] not in target:
-                known = ", ".join(sorted(target))
-                raise ConfigError(f"unknown config key {key!r}; known keys here: {known}")
-            target[parts[-1]] = value
-        return VLMConfig.from_dict(data)
+        """A new config from the same keyword arguments this one was built from (a preset's, before anything was
+        derived) with dotted keys replaced, e.g. {"decoder.n_layer": 2, "vision.image_size": 64}. Derived fields
+        (head_dim, norm, ...) are derived afresh unless the overrides set them."""
+        return build_config(getattr(self, "source", None) or self.to_dict(), overrides)
 
 
-# Fields filled in by __post_init__ when 0, and what they are derived from. An override of an input re-derives
-# them (unless they were set to something else on purpose): decoder.n_embd=48 must not keep head_dim=64.
-# (section, field): (the fields it is derived from, how)
-DERIVED_FIELDS = {
-    ("decoder", "head_dim"): (("n_embd", "n_head"), lambda d: d["n_embd"] // d["n_head"]),
-    ("decoder", "n_kv_head"): (("n_head",), lambda d: d["n_head"]),
-    ("vision", "stem_channels"): (("width",), lambda d: d["width"] // 2),
-}
+def build_config(raw: dict, overrides: dict[str, Any] | None = None, where: str = "config") -> VLMConfig:
+    """The one way a VLMConfig is made from keyword arguments: overrides (dotted keys; strings are parsed by the
+    field's type) applied to a copy of `raw`, then every field type- and range-checked, derived fields filled once."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(raw).__name__}")
+    data = copy.deepcopy(raw)
+    known = all_model_keys()
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown model key {key!r}{did_you_mean(key, known, MODEL_KEYS_HINT)}")
+        section, _, name = key.rpartition(".")
+        target = data.setdefault(section, {}) if section else data
+        if not isinstance(target, dict):
+            raise ConfigError(f"{where}: {section} must be a JSON object")
+        target[name] = value
+    top = {k: v for k, v in data.items() if k not in SECTIONS}
+    kwargs = typed_kwargs(VLMConfig, top, where)
+    for section, cls in SECTIONS.items():
+        value = data.get(section, {})
+        if isinstance(value, cls):
+            value = dataclasses.asdict(value)
+        kwargs[section] = cls(**typed_kwargs(cls, value, section))
+    cfg = VLMConfig(**kwargs)
+    object.__setattr__(cfg, "source", data)       # what with_overrides starts from (not a field: not saved)
+    return cfg
 
 
-def _forget_derived(data: dict, overrides: dict):
-    for (section, name), (inputs, derive) in DERIVED_FIELDS.items():
-        inputs_changed = any(f"{section}.{i}" in overrides for i in inputs)
-        was_derived = data[section][name] == derive(data[section])
-        if inputs_changed and was_derived and f"{section}.{name}" not in overrides:
-            data[section][name] = 0
+MODEL_KEYS_HINT = "model keys are vision.*, projector.*, decoder.* (e.g. decoder.n_layer) or fusion, max_images"
 
 
-def _check_choice(name: str, value, choices):
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-def _from_dict(cls, data: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown keys in {where}: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return cls(**data)
+def all_model_keys() -> list[str]:
+    keys = [f.name for f in dataclasses.fields(VLMConfig) if f.name not in SECTIONS and not f.name.endswith("_id")]
+    return keys + [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Presets
 # ---------------------------------------------------------------------------------------------------------------
 
-def _paper(name, vit_blocks, vit_width, n_layer, n_head, head_dim, vocab_size=4096) -> VLMConfig:
+def _paper(name, vit_blocks, vit_width, n_layer, n_head, head_dim, vocab_size=4096) -> dict:
     """The NanoVLMs paper (Table 1): conv2 ViT with CLS -> MLP projector -> ONE prefix token -> GPT decoder."""
-    return VLMConfig(
+    return dict(
         name=name,
-        vision=VisionConfig(image_size=224, patch_size=16, width=vit_width, n_layer=vit_blocks, n_head=8,
-                            mlp_hidden=4 * vit_width, patch_stem="conv2", stem_channels=256, use_cls=True, activation="gelu",
-                            norm_eps=1e-5, dropout=0.1, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
-        projector=ProjectorConfig(kind="mlp", source="cls"),
-        decoder=DecoderConfig(flavour="gpt", vocab_size=vocab_size, n_embd=n_head * head_dim, n_layer=n_layer,
-                              n_head=n_head, mlp_hidden=4 * n_head * head_dim, max_seq_len=256, dropout=0.1),
+        vision=dict(image_size=224, patch_size=16, width=vit_width, n_layer=vit_blocks, n_head=8,
+                    mlp_hidden=4 * vit_width, patch_stem="conv2", stem_channels=256, use_cls=True, activation="gelu",
+                    norm_eps=1e-5, dropout=0.1, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        projector=dict(kind="mlp", source="cls"),
+        decoder=dict(flavour="gpt", vocab_size=vocab_size, n_embd=n_head * head_dim, n_layer=n_layer,
+                     n_head=n_head, mlp_hidden=4 * n_head * head_dim, max_seq_len=256, dropout=0.1),
         fusion="prefix",
     )
 
 
-def _nanovlm_222m() -> VLMConfig:
-    return VLMConfig(
+# Presets are raw keyword arguments (gpt-fast style): overrides are applied to them before anything is derived.
+PRESETS: dict[str, dict] = {
+    "mini": _paper("mini", vit_blocks=1, vit_width=400, n_layer=4, n_head=8, head_dim=12),
+    "base": _paper("base", vit_blocks=3, vit_width=512, n_layer=8, n_head=8, head_dim=16),
+    "large": _paper("large", vit_blocks=5, vit_width=512, n_layer=10, n_head=16, head_dim=12),
+    "nanovlm-222m": dict(
         name="nanovlm-222m",
-        vision=VisionConfig(image_size=224, patch_size=16, width=768, n_layer=12, n_head=12, mlp_hidden=3072,
-                            patch_stem="linear", use_cls=False, activation="gelu_tanh", norm_eps=1e-6),
-        projector=ProjectorConfig(kind="pixel_shuffle", source="patches", shuffle_factor=2),
-        decoder=DecoderConfig(flavour="llama", vocab_size=49152, n_embd=576, n_layer=30, n_head=9, n_kv_head=3,
-                              mlp_hidden=1536, max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5,
-                              tie_embeddings=True),
+        vision=dict(image_size=224, patch_size=16, width=768, n_layer=12, n_head=12, mlp_hidden=3072,
+                    patch_stem="linear", use_cls=False, activation="gelu_tanh", norm_eps=1e-6),
+        projector=dict(kind="pixel_shuffle", source="patches", shuffle_factor=2),
+        decoder=dict(flavour="llama", vocab_size=49152, n_embd=576, n_layer=30, n_head=9, n_kv_head=3,
+                     mlp_hidden=1536, max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True),
         fusion="placeholder",
-    )
-
-
-def _demo() -> VLMConfig:
-    """Small and fast: trains on 64 px scenes on 2 CPU cores in minutes. The paper's decoder, but the image enters
-    as 16 tokens (8 x 8 patches, pixel-shuffled 2 x 2) instead of the one CLS vector: naming several objects and
-    where they are needs more than one vector, and 16 tokens train twice as fast as 64. The patches come from a
-    small conv net rather than a linear map (it tells shapes apart: 88.6% -> 96.5% of objects named right in the
-    main job), and the image tokens are layer-normed (see ProjectorConfig.output_norm)."""
-    return VLMConfig(
+    ),
+    # Small and fast: trains on 64 px scenes on 2 CPU cores in minutes. The paper's decoder, but the image enters
+    # as 16 tokens (8 x 8 patches, pixel-shuffled 2 x 2) instead of the one CLS vector: naming several objects and
+    # where they are needs more than one vector, and 16 tokens train twice as fast as 64. The patches come from a
+    # small conv net rather than a linear map (it tells shapes apart: 88.6% -> 96.5% of objects named right in the
+    # main job), and the image tokens are layer-normed (see ProjectorConfig.output_norm).
+    "demo": dict(
         name="demo",
-        vision=VisionConfig(image_size=64, patch_size=8, width=128, n_layer=2, n_head=4, mlp_hidden=512,
-                            patch_stem="convnet", stem_channels=128, use_cls=True, activation="gelu", norm_eps=1e-5,
-                            dropout=0.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
-        projector=ProjectorConfig(kind="pixel_shuffle", source="patches", shuffle_factor=2, output_norm=True),
-        decoder=DecoderConfig(flavour="gpt", vocab_size=1024, n_embd=128, n_layer=3, n_head=4,
-                              mlp_hidden=512, max_seq_len=256, dropout=0.0),
+        vision=dict(image_size=64, patch_size=8, width=128, n_layer=2, n_head=4, mlp_hidden=512,
+                    patch_stem="convnet", stem_channels=128, use_cls=True, activation="gelu", norm_eps=1e-5,
+                    dropout=0.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        projector=dict(kind="pixel_shuffle", source="patches", shuffle_factor=2, output_norm=True),
+        decoder=dict(flavour="gpt", vocab_size=1024, n_embd=128, n_layer=3, n_head=4, mlp_hidden=512,
+                     max_seq_len=256, dropout=0.0),
         fusion="prefix",
-    )
-
-
-def _tiny() -> VLMConfig:
-    """The smallest model that exercises every code path; used by the tests."""
-    return VLMConfig(
+    ),
+    # The smallest model that exercises every code path; used by the tests.
+    "tiny": dict(
         name="tiny",
-        vision=VisionConfig(image_size=32, patch_size=8, width=32, n_layer=1, n_head=2, mlp_hidden=64,
-                            patch_stem="conv2", use_cls=True, activation="gelu", norm_eps=1e-5,
-                            image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
-        projector=ProjectorConfig(kind="mlp", source="patches", hidden_dim=64),
-        decoder=DecoderConfig(flavour="gpt", vocab_size=512, n_embd=32, n_layer=2, n_head=2, mlp_hidden=64,
-                              max_seq_len=128),
+        vision=dict(image_size=32, patch_size=8, width=32, n_layer=1, n_head=2, mlp_hidden=64, patch_stem="conv2",
+                    use_cls=True, activation="gelu", norm_eps=1e-5, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        projector=dict(kind="mlp", source="patches", hidden_dim=64),
+        decoder=dict(flavour="gpt", vocab_size=512, n_embd=32, n_layer=2, n_head=2, mlp_hidden=64, max_seq_len=128),
         fusion="prefix",
-    )
-
-
-PRESETS = {
-    "mini": lambda: _paper("mini", vit_blocks=1, vit_width=400, n_layer=4, n_head=8, head_dim=12),
-    "base": lambda: _paper("base", vit_blocks=3, vit_width=512, n_layer=8, n_head=8, head_dim=16),
-    "large": lambda: _paper("large", vit_blocks=5, vit_width=512, n_layer=10, n_head=16, head_dim=12),
-    "nanovlm-222m": _nanovlm_222m,
-    "demo": _demo,
-    "tiny": _tiny,
+    ),
 }
 
 # The paper's Table 2: share of parameters in ViT / projector / decoder, for `nanovlm info`.
@@ -300,7 +412,8 @@ PAPER_TABLE2 = {
 }
 
 
-def from_name(name: str) -> VLMConfig:
+def from_name(name: str, overrides: dict[str, Any] | None = None) -> VLMConfig:
+    """A preset by name, with optional dotted-key overrides (values or strings to parse)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}")
+    return build_config(PRESETS[name], overrides)

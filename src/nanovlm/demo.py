@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import ConfigError
 from .data.format import RECORDS_FILE
 from .data.synth import make_scenes
 from .evaluate import evaluate, grounding, write_report
 from .model.vlm import VisionLanguageModel
-from .train import TrainConfig, split_overrides, train
+from .train import TrainConfig, train
 
 
 @dataclass
@@ -33,7 +34,41 @@ class DemoConfig:
     seed: int = 0
     eval_scenes: int = 500          # held-out scenes scored for grounding
     show: int = 5                   # completions printed
+    overwrite: bool = False         # replace the data, run and model of an earlier demo in `out`
     train_overrides: dict = field(default_factory=dict)   # TrainConfig fields and model keys, as `--set` gives
+
+
+    def __post_init__(self):
+        for name in ("n_scenes", "steps", "batch_size", "eval_scenes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_scenes < 20:
+            raise ConfigError(f"the demo needs at least 20 scenes to have train, val and test splits, got {self.n_scenes}")
+
+
+def check_demo_outputs(cfg: DemoConfig, wanted: dict):
+    """Everything the demo would replace, refused before anything is written (unless cfg.overwrite). Scenes an
+    earlier demo drew with the same settings are reused, not replaced."""
+    out = Path(cfg.out)
+    data, stamp = out / "data", out / "data" / "demo_data.json"
+    ours = stamp.is_file() and _read_json(stamp) == wanted
+    taken = []
+    if data.exists() and any(data.iterdir()) and not ours:
+        taken.append(f"{data} holds another dataset")
+    if (out / "run").exists():
+        taken.append(f"{out / 'run'} holds a training run")
+    if (out / "model").exists():
+        taken.append(f"{out / 'model'} holds a model")
+    if taken and not cfg.overwrite:
+        raise FileExistsError(f"{'; '.join(taken)}: rerun with --overwrite to replace them, or choose another --out")
+    return ours
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
@@ -42,7 +77,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     data = out / "data"
     stamp = data / "demo_data.json"
     wanted = {"n": cfg.n_scenes, "style": cfg.style, "image_size": cfg.image_size, "seed": cfg.seed}
-    if not ((data / RECORDS_FILE).is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted):
+    settings = demo_train_settings(cfg, data, out)
+    tcfg = TrainConfig.from_options({**settings, **cfg.train_overrides})   # --set wins over the demo's settings
+    reuse = check_demo_outputs(cfg, wanted) and (data / RECORDS_FILE).is_file()
+    if not reuse:
         log(f"[1/4] drawing {cfg.n_scenes} scenes ({cfg.style} descriptions, {cfg.image_size}px) into {data}")
         stats = make_scenes(data, n=cfg.n_scenes, style=cfg.style, image_size=cfg.image_size, seed=cfg.seed,
                             overwrite=True)
@@ -53,14 +91,6 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
     log(f"[2/4] training the demo preset for {cfg.steps} steps (batch {cfg.batch_size}) on "
         f"{'CUDA' if _cuda() else 'CPU'}")
-    train_kw, model_kw = split_overrides(cfg.train_overrides)
-    settings = dict(preset="demo", data=str(data), out=str(out / "run"), steps=cfg.steps, batch_size=cfg.batch_size,
-                    lr=cfg.lr, lr_vision=cfg.lr_vision, lr_projector=cfg.lr_vision, seed=cfg.seed,
-                    warmup_steps=min(100, cfg.steps // 10), eval_every=max(cfg.steps // 8, 1),
-                    # No augmentation: a flipped picture would name its objects right to left, against the
-                    # fixed left-to-right order of the descriptions.
-                    augment=False)
-    tcfg = TrainConfig(**{**settings, **train_kw}, model=model_kw)   # --set wins over the demo's settings
     summary = train(tcfg)
     log(f"      final train loss {summary['final_loss']:.3f}, best validation loss {summary['best_val_loss']:.3f}, "
         f"{summary['train_time_s']:.0f} s")
@@ -81,6 +111,15 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         f"--image {data / result['samples'][0]['images'][0]} --prompt \"I see\")")
     log(f"      total time {elapsed / 60:.1f} min; report: {out / 'grounding.json'}")
     return {"summary": result["summary"], "train": summary, "elapsed_s": elapsed}
+
+
+def demo_train_settings(cfg: DemoConfig, data: Path, out: Path) -> dict:
+    return dict(preset="demo", data=str(data), out=str(out / "run"), steps=cfg.steps, batch_size=cfg.batch_size,
+                lr=cfg.lr, lr_vision=cfg.lr_vision, lr_projector=cfg.lr_vision, seed=cfg.seed,
+                warmup_steps=min(100, cfg.steps // 10), eval_every=max(cfg.steps // 8, 1), overwrite=cfg.overwrite,
+                # No augmentation: a flipped picture would name its objects right to left, against the
+                # fixed left-to-right order of the descriptions.
+                augment=False)
 
 
 def _cuda() -> bool:

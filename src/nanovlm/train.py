@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .config import ConfigError, VLMConfig, from_name
+from .config import (ConfigError, VLMConfig, _check_choice, all_model_keys, did_you_mean, from_name,
+                     typed_kwargs)
 from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate
 from .devices import resolve_device
@@ -62,18 +63,46 @@ class TrainConfig:
     device: str = "auto"                          # auto | cpu | cuda
     threads: int = 0                              # torch CPU threads; 0 = torch's default
     report_to: list = field(default_factory=list) # "wandb" and/or "tensorboard" (used only when installed)
-    resume: bool = False
+    resume: bool = False                          # continue from out/last (its model, optimizer and tokenizer)
+    overwrite: bool = False                       # replace an existing run in `out`
     progress: bool = True
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        check = _range_check
+        _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         unknown = set(self.freeze) - set(MODULES)
-        if unknown:
-            raise ConfigError(f"freeze: unknown module(s) {sorted(unknown)}; choose from {MODULES}")
+        check(not unknown, f"freeze: unknown module(s) {sorted(unknown)}; choose from {', '.join(MODULES)}")
+        unknown = set(self.report_to) - {"wandb", "tensorboard"}
+        check(not unknown, f"report_to: unknown tracker(s) {sorted(unknown)}; choose from wandb, tensorboard")
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "patience", "seed", "num_workers", "threads"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "lr_vision", "lr_projector", "lr_decoder"):
+            value = getattr(self, name)
+            check(value is None or 0 < value <= 1, f"{name} must be in (0, 1], got {value}")
+        check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay}")
+        check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        check(self.num_workers <= 64 and self.threads <= 1024, "num_workers must be <= 64 and threads <= 1024")
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+
+    @classmethod
+    def from_options(cls, options: dict, where: str = "--set") -> "TrainConfig":
+        """Training options (strings from the command line or JSON values) parsed by their field types; dotted
+        or VLMConfig keys go to `model`."""
+        train_kw, model_kw = split_overrides(options)
+        kwargs = typed_kwargs(cls, train_kw, where)
+        kwargs["model"] = {**kwargs.get("model", {}), **model_kw}
+        return cls(**kwargs)
+
+
+def _range_check(condition: bool, message: str):
+    if not condition:
+        raise ConfigError(message)
+
+
+TRAIN_OPTIONS_HINT = "see README.md, 'Training options', for the list"
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
@@ -88,8 +117,8 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
         elif "." in key or key in model_fields:
             model_kw[key] = value
         else:
-            raise ConfigError(f"unknown --set key {key!r}: not a training option ({', '.join(sorted(train_fields))}) "
-                              f"nor a model key (e.g. decoder.n_layer, vision.image_size)")
+            raise ConfigError(f"unknown option {key!r}: not a training option nor a model key"
+                              f"{did_you_mean(key, sorted(train_fields) + all_model_keys(), TRAIN_OPTIONS_HINT)}")
     return train_kw, model_kw
 
 
@@ -133,18 +162,45 @@ def setup_runtime(tcfg: TrainConfig) -> Runtime:
     return Runtime(rank=rank, world_size=world_size, device=device)
 
 
-def build_tokenizer(tcfg: TrainConfig, model_cfg: VLMConfig, out: Path, rt: Runtime) -> Tokenizer:
-    """A given tokenizer.json, the run's own (on resume), or a BPE trained on the training texts by rank 0."""
-    own = out / "tokenizer.json"
+RUN_FILES = ("best", "last", "metrics.jsonl", "loss_curve.png", "tokenizer.json", "train_config.json", "tensorboard")
+
+
+def check_run_folder(tcfg: TrainConfig, out: Path):
+    """Refuse to touch someone's run unless asked: --resume continues it, --overwrite replaces it."""
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if tcfg.resume:
+        if not (out / "last" / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"nothing to resume: {out / 'last'} holds no checkpoint; start without --resume")
+    elif existing and not tcfg.overwrite:
+        raise FileExistsError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume, "
+                              f"replace it with --overwrite, or choose another --out")
+
+
+def clear_run_folder(out: Path):
+    import shutil
+
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def build_tokenizer(tcfg: TrainConfig, model_cfg: VLMConfig, out: Path, rt: Runtime, records: list[dict]) -> Tokenizer:
+    """The checkpoint's own tokenizer on resume (its ids are what the weights learned), a given tokenizer.json,
+    or a BPE trained on the training texts by rank 0."""
+    if tcfg.resume:
+        return Tokenizer.from_file(out / "last" / "tokenizer.json")
     if tcfg.tokenizer:
         return Tokenizer.from_file(tcfg.tokenizer)
-    if not (tcfg.resume and own.is_file()):
-        if rt.is_main:
-            records = fmt.read_records(tcfg.data, split="train", check_images=False)
-            texts = (t[k] for r in records for t in r["texts"] for k in ("user", "assistant"))
-            out.mkdir(parents=True, exist_ok=True)
-            Tokenizer.train(texts, vocab_size=model_cfg.decoder.vocab_size).save(own)
-        barrier(rt)
+    own = out / "tokenizer.json"
+    if rt.is_main:
+        texts = (t[k] for r in records for t in r["texts"] for k in ("user", "assistant"))
+        tokenizer = Tokenizer.train(texts, vocab_size=model_cfg.decoder.vocab_size)
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(own)
+    barrier(rt)
     return Tokenizer.from_file(own)
 
 
@@ -206,8 +262,13 @@ def train(tcfg: TrainConfig) -> dict:
     torch.manual_seed(tcfg.seed + rt.rank)
     if not Path(tcfg.data).is_dir():
         raise FileNotFoundError(f"data folder {tcfg.data} not found; make one with `nanovlm data scenes --out {tcfg.data}`")
-    model_cfg = from_name(tcfg.preset).with_overrides(tcfg.model)
-    tokenizer = build_tokenizer(tcfg, model_cfg, out, rt)
+    model_cfg = from_name(tcfg.preset, tcfg.model)
+    check_run_folder(tcfg, out)
+    records = fmt.read_records(tcfg.data, split="train", check_images=False)   # a broken dataset fails before any write
+    if tcfg.overwrite and not tcfg.resume and rt.is_main:
+        clear_run_folder(out)
+    barrier(rt)
+    tokenizer = build_tokenizer(tcfg, model_cfg, out, rt, records)
     model_cfg = tokenizer.configure(model_cfg)
     model = VisionLanguageModel(model_cfg).to(rt.device)
     optimizer = build_optimizer(model, tcfg)
