@@ -55,18 +55,37 @@ def load_checkpoint(folder: str | Path, model: VisionLanguageModel, optimizer: t
     """Restore model weights and optimizer state in place; return the trainer state. Its "rng" entry is left
     for the caller to restore with restore_rng() once everything that draws random numbers at set-up
     (model init, DataLoader iterators) has run, so the resumed run draws exactly what the original did."""
-    from safetensors.torch import load_file
-
     found = find_checkpoint(folder)
     if found is None:
         raise CheckpointError(f"no checkpoint to resume from in {folder} (expected {STATE_FILE}); "
                               f"start without --resume")
-    state = json.loads((found / STATE_FILE).read_text())
-    weights = load_file(str(found / "model.safetensors"))
-    model.load_weights(weights, source=str(found / "model.safetensors"))
-    tensors = load_file(str(found / OPTIMIZER_FILE))
-    optimizer.load_state_dict(unflatten_optimizer_state(tensors, state.pop("optimizer_param_groups")))
+    try:
+        state = json.loads((found / STATE_FILE).read_bytes().decode("utf-8"))
+        groups = state.pop("optimizer_param_groups")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{found / STATE_FILE} is damaged ({type(e).__name__}: {e}); resume from another "
+                              f"checkpoint or start without --resume") from None
+    weights = _load_tensors(found / "model.safetensors")
+    model.load_weights(weights, source=str(found / "model.safetensors"), config=str(found / "config.json"))
+    tensors = _load_tensors(found / OPTIMIZER_FILE)
+    try:
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors, groups))
+    except (ValueError, KeyError, TypeError) as e:
+        # e.g. other frozen modules or another optimizer: the saved state has other parameter groups
+        raise CheckpointError(f"{found / OPTIMIZER_FILE} does not fit this run's optimizer ({e}); resume with the "
+                              f"training options the checkpoint was made with") from None
     return state
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is missing or corrupted ({e}); resume from another checkpoint or start "
+                              f"without --resume") from None
 
 
 def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:

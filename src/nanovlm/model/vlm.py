@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from .. import sampling
 from ..config import ConfigError, VLMConfig
+from ..devices import resolve_device
 from .decoder import Decoder
+from .mismatch import describe_mismatch
 from .layers import KVCache
 from .projector import Projector
 from .vision import VisionEncoder
@@ -217,10 +219,8 @@ class VisionLanguageModel(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / name).is_file():
                 raise CheckpointError(f"{folder / name} not found: is {folder} a folder written by save_pretrained()?")
-        try:
-            cfg = VLMConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-        except (json.JSONDecodeError, ConfigError, TypeError) as e:
-            raise CheckpointError(f"{folder / CONFIG_FILE} is not a valid nanovlm config: {e}") from None
+        cfg = read_config(folder / CONFIG_FILE)
+        device = resolve_device(device)
         try:
             tensors = load_file(str(folder / WEIGHTS_FILE), device=str(device))
         except (SafetensorError, OSError, ValueError) as e:
@@ -228,29 +228,29 @@ class VisionLanguageModel(nn.Module):
                                   f"re-save or re-download the model") from None
         with torch.device("meta"):
             model = cls(cfg)
-        model.load_weights(tensors, source=str(folder / WEIGHTS_FILE), assign=True)
+        model.load_weights(tensors, source=str(folder / WEIGHTS_FILE), assign=True, config=str(folder / CONFIG_FILE))
         if dtype is not None:
             model.to(dtype)
         if (folder / TOKENIZER_FILE).is_file():
             from ..tokenizer import Tokenizer
             model.tokenizer = Tokenizer.from_file(folder / TOKENIZER_FILE, cfg)
+            if len(model.tokenizer) > cfg.decoder.vocab_size:   # its top ids would index past the embedding table
+                raise CheckpointError(f"{folder / TOKENIZER_FILE} has {len(model.tokenizer)} tokens but the model's "
+                                      f"embedding has {cfg.decoder.vocab_size} rows (decoder.vocab_size); use the "
+                                      f"tokenizer.json saved with this model")
         return model.eval()
 
-    def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights", assign: bool = False):
-        """Load a flat {name: tensor} dict; any missing, unexpected or mis-shaped tensor is listed in the error.
-        assign=True adopts the given tensors as the parameters (for a model built on the meta device); the default
-        copies into the existing parameters, so an optimizer holding them keeps working."""
-        expected = self._state_to_save()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-                      for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-        if missing or unexpected or mismatched:
-            lines = [f"{source} does not match the model config:"]
-            for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-                if items:
-                    lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-            raise CheckpointError("\n".join(lines))
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights", assign: bool = False,
+                     config: str = "the model config"):
+        """Load a flat {name: tensor} dict; any missing, unexpected, mis-shaped or non-float tensor makes one
+        CheckpointError line that says which and the likely cause. assign=True adopts the given tensors as the
+        parameters (for a model built on the meta device); the default copies into the existing parameters, so an
+        optimizer holding them keeps working."""
+        problem = describe_mismatch(self._state_to_save(), tensors, source, config)
+        if problem:
+            raise CheckpointError(problem)
+        if assign and len({t.dtype for t in tensors.values()}) > 1:
+            tensors = {k: t.float() for k, t in tensors.items()}   # one dtype for the whole model
         self.load_state_dict(tensors, strict=False, assign=assign)
         if assign and self.cfg.decoder.tie_embeddings:   # assign replaced the shared tensor: tie it again
             self.decoder.lm_head.weight = self.decoder.tok_emb.weight
@@ -294,6 +294,25 @@ def prefill_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
     mask = causal & attention_mask.bool()[:, None, None, :]
     return mask | torch.eye(T, dtype=torch.bool, device=attention_mask.device)
+
+
+def read_config(path: Path) -> VLMConfig:
+    """config.json -> VLMConfig; a file that is not UTF-8 JSON or not a valid config is one CheckpointError."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start}); it is damaged or not a config.json") \
+            from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a config.json") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    try:
+        return VLMConfig.from_dict(data)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid nanovlm config: {e}") from None
 
 
 def _atomic_write(path: Path, write):
