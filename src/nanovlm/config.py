@@ -393,6 +393,20 @@ PRESETS: dict[str, dict] = {
                      max_seq_len=256, dropout=0.0),
         fusion="prefix",
     ),
+    # Reading documents (`nanovlm data documents`, 384 x 256 scans read at 256 x 256): characters need resolution,
+    # so a conv net turns 16 x 16-pixel patches into 256 tokens, 2 ViT blocks mix them, and a 2 x 2 pixel shuffle
+    # hands 64 layer-normed tokens to a 4-layer GPT decoder that writes the JSON answer. Training recipe:
+    # nanovlm.data.documents.RECIPE.
+    "documents": dict(
+        name="documents",
+        vision=dict(image_size=256, patch_size=16, width=128, n_layer=2, n_head=4, mlp_hidden=512,
+                    patch_stem="convnet", stem_channels=128, use_cls=False, activation="gelu", norm_eps=1e-5,
+                    dropout=0.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        projector=dict(kind="pixel_shuffle", source="patches", shuffle_factor=2, output_norm=True),
+        decoder=dict(flavour="gpt", vocab_size=1024, n_embd=128, n_layer=4, n_head=4, mlp_hidden=512,
+                     max_seq_len=320, dropout=0.0),
+        fusion="prefix",
+    ),
     # The smallest model that exercises every code path; used by the tests.
     "tiny": dict(
         name="tiny",
