@@ -71,14 +71,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
-class KVCache(nn.Module):
-    """Keys and values of every past position, preallocated once for (batch, max_len) and written in place."""
+class KVCache:
+    """Keys and values of every past position of ONE layer, preallocated for (batch, max_len), written in place.
+
+    A cache belongs to one generate() call, never to a module: generate() makes one per layer and passes them
+    through forward, so any number of calls can run on the same model at the same time."""
 
     def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
-        super().__init__()
         shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, H, T, D) at positions start..start+T; return the cache up to there."""
@@ -93,7 +95,8 @@ class Attention(nn.Module):
     """Multi-head / grouped-query self-attention through F.scaled_dot_product_attention.
 
     Bidirectional in the vision encoder, causal in the decoder. In the decoder, rope (the tables of rope_cos_sin)
-    rotates q and k, and a KVCache (set on .cache during generation) holds the keys and values of earlier positions."""
+    rotates q and k, and a KVCache (passed by generate() for this call only) holds the keys and values of earlier
+    positions."""
 
     def __init__(self, dim: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0):
         super().__init__()
@@ -104,17 +107,16 @@ class Attention(nn.Module):
         self.out = nn.Linear(n_head * head_dim, dim, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
-        self.cache: KVCache | None = None
 
-    def forward(self, x, causal: bool, rope=None, mask=None, cache_start: int = 0):
+    def forward(self, x, causal: bool, rope=None, mask=None, cache: KVCache | None = None, cache_start: int = 0):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)       # (B, H, T, D)
         k = self.k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)    # (B, Hkv, T, D)
         v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.cache is not None:
-            k, v = self.cache.update(cache_start, k, v)                            # (B, Hkv, S, D), all keys so far
+        if cache is not None:
+            k, v = cache.update(cache_start, k, v)                            # (B, Hkv, S, D), all keys so far
         # An explicit mask (padding and/or cache offset) already encodes causality; otherwise use the fast path.
         # is_causal aligns its mask to the top-left corner, which is right only when this call's queries start at
         # key 0; one new query after the cache (decoding) may see every key, so it needs no mask at all.

@@ -5,10 +5,10 @@ overwritten by one projected image token. The paper's "prefix" fusion is the sam
 at the start of the text, so training, the KV cache and generation have one code path for both families."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +39,8 @@ class VisionLanguageModel(nn.Module):
         self.projector = Projector(cfg)
         self.decoder = Decoder(cfg.decoder)
         self.tokenizer = None   # set by from_pretrained() when the folder has a tokenizer.json
+        # What the model card (README.md) says: base_model, datasets, eval_results. Read back by from_pretrained.
+        self.card: dict = {}
         self.apply(self._init_weights)
         # GPT-2 / nanoGPT: scale the residual output projections by 1/sqrt(2 * n_layer) so the residual stream's
         # variance does not grow with depth.
@@ -125,6 +127,27 @@ class VisionLanguageModel(nn.Module):
         input_ids: (B, T), LEFT-padded when prompts differ in length, with attention_mask (B, T) marking real tokens.
         Each sequence stops at its own EOS; afterwards it is filled with the pad id. Returns the new tokens
         (B, <= max_new_tokens), plus the logits of every step (B, steps, V) when return_logits."""
+        tokens, step_logits = [], []
+        for step in self.generate_steps(input_ids, images, attention_mask, max_new_tokens, temperature, top_k,
+                                        top_p, eos_token_id, seed, return_logits=return_logits):
+            tokens.append(step.tokens)
+            if return_logits:
+                step_logits.append(step.logits)
+        out = torch.stack(tokens, dim=1)
+        return (out, torch.stack(step_logits, dim=1)) if return_logits else out
+
+    @torch.no_grad()
+    def generate_steps(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, max_new_tokens: int = 50,
+                       temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                       eos_token_id: int | None = None, seed: int | None = None, return_logits: bool = False):
+        """generate() one step at a time (for streaming and for servers that stop a batch early): yields a
+        GenerationStep per new token, until every sequence has hit EOS or max_new_tokens are out. Closing the
+        generator early is fine.
+
+        Everything this call needs (the KV caches, the sampler's random generator) lives in this call: nothing is
+        set on the model's modules and no process-wide switch is flipped, so several calls, in several threads,
+        can run on one model at the same time."""
         B, T = input_ids.shape
         device = input_ids.device
         if attention_mask is None:
@@ -144,46 +167,35 @@ class VisionLanguageModel(nn.Module):
         # Without padding, the prompt needs only the plain causal mask and each new token may see every cached key:
         # passing no mask tensors keeps SDPA on its fastest path.
         padded = not bool(attention_mask.all())
-        self._attach_caches(B, total_len, device)
-        try:
-            if padded:
-                key_mask = torch.ones(B, total_len, dtype=torch.bool, device=device)
-                key_mask[:, :T] = attention_mask.bool()
-            positions = positions_from_mask(attention_mask)                          # (B, T)
-            logits = self.decoder(self.embed(input_ids, images), positions,
-                                  mask=prefill_mask(attention_mask) if padded else None, last_only=True)[:, -1]
-            next_position = positions[:, -1:] + 1                                    # (B, 1)
-            finished = torch.zeros(B, dtype=torch.bool, device=device)
-            tokens, step_logits = [], []
-            with _fast_decode_matmuls(logits):
-                for step in range(max_new_tokens):
-                    if return_logits:
-                        step_logits.append(logits.float())
-                    token = sampling.sample(logits, temperature, top_k, top_p, generator)
-                    token = torch.where(finished, pad, token)
-                    tokens.append(token)
-                    finished |= token == eos
-                    if bool(finished.all()) or step == max_new_tokens - 1:
-                        break
-                    cur = T + step                                                   # cache slot of this token
-                    x = self.decoder.tok_emb(token[:, None])                         # (B, 1, C)
-                    mask = key_mask[:, None, None, : cur + 1] if padded else None    # (B, 1, 1, cur + 1)
-                    logits = self.decoder(x, next_position, mask=mask, cache_start=cur)[:, -1]
-                    next_position = next_position + 1
-        finally:
-            self._detach_caches()
-        out = torch.stack(tokens, dim=1)
-        return (out, torch.stack(step_logits, dim=1)) if return_logits else out
+        caches = self.new_kv_caches(B, total_len, device)
+        if padded:
+            key_mask = torch.ones(B, total_len, dtype=torch.bool, device=device)
+            key_mask[:, :T] = attention_mask.bool()
+        positions = positions_from_mask(attention_mask)                              # (B, T)
+        logits = self.decoder(self.embed(input_ids, images), positions, caches=caches,
+                              mask=prefill_mask(attention_mask) if padded else None, last_only=True)[:, -1]
+        next_position = positions[:, -1:] + 1                                        # (B, 1)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            token = sampling.sample(logits, temperature, top_k, top_p, generator)
+            token = torch.where(finished, pad, token)
+            # log-probability of the chosen token under the model's own (untempered) distribution: a confidence
+            logprob = torch.log_softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]
+            yield GenerationStep(token, logprob, finished.clone(), logits.float() if return_logits else None)
+            finished |= token == eos
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                return
+            cur = T + step                                                           # cache slot of this token
+            x = self.decoder.tok_emb(token[:, None])                                 # (B, 1, C)
+            mask = key_mask[:, None, None, : cur + 1] if padded else None            # (B, 1, 1, cur + 1)
+            logits = self.decoder(x, next_position, mask=mask, caches=caches, cache_start=cur)[:, -1]
+            next_position = next_position + 1
 
-    def _attach_caches(self, batch_size: int, max_len: int, device):
+    def new_kv_caches(self, batch_size: int, max_len: int, device) -> list[KVCache]:
+        """One empty KVCache per decoder block, for one generation call."""
         d = self.cfg.decoder
         dtype = self.decoder.tok_emb.weight.dtype
-        for block in self.decoder.blocks:
-            block.attn.cache = KVCache(batch_size, d.n_kv_head, max_len, d.head_dim, dtype, device)
-
-    def _detach_caches(self):
-        for block in self.decoder.blocks:
-            block.attn.cache = None
+        return [KVCache(batch_size, d.n_kv_head, max_len, d.head_dim, dtype, device) for _ in self.decoder.blocks]
 
     # ---------------------------------------------------------------- parameters, save / load
 
@@ -207,18 +219,31 @@ class VisionLanguageModel(nn.Module):
         tokenizer = tokenizer or self.tokenizer
         if tokenizer is not None:
             _atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
+            template = tokenizer.prompt_template(self.cfg.fusion, self.cfg.image_tokens_per_image)
+            _atomic_write(folder / "tokenizer_config.json",
+                          lambda tmp: tokenizer.save_config(tmp, template, self.cfg.decoder.max_seq_len))
+        from ..hub import model_card
+        card = model_card(self)
+        _atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "VisionLanguageModel":
-        """Rebuild the exact model saved by save_pretrained(). Never unpickles: config is JSON, weights safetensors."""
+        """Rebuild the exact model saved by save_pretrained(). Never unpickles: config is JSON, weights safetensors.
+        `folder` may also be a Hub repo id (owner/name, downloaded with huggingface_hub) or a folder in Hugging
+        Face nanoVLM's own format (converted on the fly)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        folder = Path(folder)
+        from ..hub import read_model_card, resolve_model_dir
+
+        folder = resolve_model_dir(folder)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / name).is_file():
                 raise CheckpointError(f"{folder / name} not found: is {folder} a folder written by save_pretrained()?")
+        from ..convert.nanovlm import is_nanovlm_folder, load_nanovlm
+        if is_nanovlm_folder(folder):
+            return load_nanovlm(cls, folder, device=resolve_device(device), dtype=dtype)
         cfg = read_config(folder / CONFIG_FILE)
         device = resolve_device(device)
         try:
@@ -238,6 +263,7 @@ class VisionLanguageModel(nn.Module):
                 raise CheckpointError(f"{folder / TOKENIZER_FILE} has {len(model.tokenizer)} tokens but the model's "
                                       f"embedding has {cfg.decoder.vocab_size} rows (decoder.vocab_size); use the "
                                       f"tokenizer.json saved with this model")
+        model.card = read_model_card(folder)
         return model.eval()
 
     def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights", assign: bool = False,
@@ -262,23 +288,15 @@ class VisionLanguageModel(nn.Module):
         return state
 
 
-@contextlib.contextmanager
-def _fast_decode_matmuls(logits: torch.Tensor):
-    """Context for the one-token decode steps. On CPU, torch sends bf16 matrix products to oneDNN (mkldnn),
-    which is slow for the (B x C) @ (C x N) products with one or two rows that decoding at batch 1-2 is made of:
-    ATen's own bf16 kernel streams the weights about twice as fast (AVX512-BF16 CPU, torch 2.13: 65 vs 134 us for
-    a 1536 x 576 weight; nanovlm-222m decodes 25 -> 48 tokens/s). From 4 rows on oneDNN wins, and the prefill's
-    full matrix products stay on it. The switch is process-wide while decoding runs: other threads' bf16 matmuls
-    lose oneDNN meanwhile."""
-    if logits.device.type != "cpu" or logits.dtype != torch.bfloat16 or logits.shape[0] > 2:
-        yield
-        return
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
+@dataclass
+class GenerationStep:
+    """One step of generate_steps() for the whole batch: tokens (B,), their log-probabilities (B,) under the
+    model's untempered distribution, which rows had already finished before this step (B,) (their token is the
+    pad id), and the step's logits (B, V) when asked for."""
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    finished_before: torch.Tensor
+    logits: torch.Tensor | None = None
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
