@@ -29,6 +29,7 @@ from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate
 from .devices import resolve_device
 from .model.vlm import VisionLanguageModel
+from .progress import progress
 from .tokenizer import Tokenizer
 
 MODULES = ("vision", "projector", "decoder")
@@ -308,7 +309,7 @@ def train(tcfg: TrainConfig) -> dict:
         loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt)
         state["step"] = step + 1
         state["elapsed_s"] = time.time() - start_time
-        record = {"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+        record = {"step": step + 1, "loss": loss, **learning_rates(optimizer),
                   "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0)}
         if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
             record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
@@ -385,6 +386,12 @@ def set_learning_rates(optimizer, multiplier: float):
         group["lr"] = group["base_lr"] * multiplier
 
 
+def learning_rates(optimizer) -> dict[str, float]:
+    """{"lr_vision": ..., "lr_projector": ..., "lr_decoder": ...}: each trained module's current learning rate
+    (a module's decay and no-decay groups share it; frozen modules have none)."""
+    return {f"lr_{group['name'].split('.')[0]}": group["lr"] for group in optimizer.param_groups}
+
+
 def all_reduce_mean(value: float, rt: Runtime) -> float:
     """The same number on every rank, so every rank makes the same early-stopping decision."""
     if rt.world_size == 1:
@@ -417,10 +424,8 @@ class MetricsLogger:
         self.backends = open_backends(tcfg, out)
 
     def progress_bar(self, initial: int):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.tcfg.steps, initial=initial, desc="train", unit="step", dynamic_ncols=True,
-                    disable=not (self.active and self.tcfg.progress))
+        return progress(total=self.tcfg.steps, initial=initial, desc="train", unit="step",
+                        enabled=self.active and self.tcfg.progress)
 
     def log(self, record: dict, progress):
         self.last_loss = record["loss"]

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from tqdm import tqdm
-
+from ..config import ConfigError
+from ..progress import progress as progress_bar
 from .format import DESCRIBE_PROMPT, RECORDS_FILE, assign_split, write_records
 
 # -----------------------------------------------------------------------------
@@ -85,6 +85,7 @@ SUPPORTS = {"box": ("ball", "cat", "flower"), "car": ("cat", "ball")}   # compac
 OPENINGS = ("I see", "I can see", "Look, I see", "In the picture, I see", "Wow, I see")
 WORD_RANGES = {"short": (20, 25), "long": (60, 70)}
 STYLES = ("short", "long", "vqa")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024   # pixels per side of a scene picture
 
 COLUMN_PHRASES = {
     "left": ("on the left", "on the left", "on the left side"),
@@ -879,9 +880,12 @@ def make_scenes(out, n: int, style: str = "short", image_size: int = 64, seed: i
     Returns stats: n, style, image_size, seconds, images_per_s, splits, mean_words (descriptions only).
     """
     if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if n < 1 or image_size < 16:
-        raise ValueError(f"need n >= 1 and image_size >= 16, got n={n}, image_size={image_size}")
+        raise ConfigError(f"style must be one of {', '.join(STYLES)}; got {style!r}")
+    if n < 1:
+        raise ConfigError(f"n (the number of scenes) must be >= 1, got {n}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        # below 16 px the objects are not recognisable; above 1024 px a scene only costs time and disk
+        raise ConfigError(f"image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels, got {image_size}")
     out = Path(out)
     if (out / RECORDS_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out / RECORDS_FILE} already exists; choose another folder or pass overwrite=True "
@@ -894,7 +898,7 @@ def make_scenes(out, n: int, style: str = "short", image_size: int = 64, seed: i
     digits = max(6, len(str(n - 1)))
     records, splits, words = [], {"train": 0, "val": 0, "test": 0}, 0
     start = time.perf_counter()
-    for index in tqdm(range(n), desc=f"scenes ({style}, {image_size}px)", unit="img", disable=not progress):
+    for index in progress_bar(range(n), desc=f"scenes ({style}, {image_size}px)", unit="img", enabled=progress):
         split = assign_split(f"scene-{index:0{digits}d}", seed, fractions)
         # held-out scenes (test) also ask in wordings that training never shows
         record, image = make_scene_record(index, seed, style, image_size, digits, heldout_templates=split == "test")
