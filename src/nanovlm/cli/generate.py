@@ -26,13 +26,16 @@ def run(args):
     from ..hub import resolve_model_dir
     from ..model.vlm import VisionLanguageModel
     from ..predict import complete, open_image
+    from ..sampling import GenerationConfig
 
-    images = [open_image(path) for path in args.image]      # bad images fail before the model loads
+    # bad options and bad images fail before the model loads
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    images = [open_image(path) for path in args.image]
     model = VisionLanguageModel.from_pretrained(resolve_model_dir(args.model), device=args.device,
                                                 dtype=torch.bfloat16 if args.bf16 else None)
     completions = complete(model, images, answer_starts=[args.prompt] * len(images),
-                           questions=[args.question] * len(images), max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                           questions=[args.question] * len(images), generation=generation)
     for path, text in zip(args.image, completions):
         prefix = f"{path}: " if len(args.image) > 1 else ""
         print(f"{prefix}{args.prompt}{text}")
