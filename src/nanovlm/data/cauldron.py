@@ -105,7 +105,7 @@ def _hub_batches(name: str) -> Iterator[list[dict]]:
                                  "and the network, or pass downloaded parquet files with --parquet") from None
 
 
-class _ImageStore:
+class ImageStore:
     """Writes each distinct image once, named by the hash of its bytes."""
 
     def __init__(self, out: Path):
@@ -188,7 +188,7 @@ def import_cauldron(sources: list[str], out: str | os.PathLike, name: str | None
         prefix = name or files[0].parent.name or files[0].stem
 
     out.mkdir(parents=True, exist_ok=True)
-    store = _ImageStore(out)
+    store = ImageStore(out)
     stats = {"rows": 0, "records": 0, "skipped": 0, "dropped_turns": 0}
     started = time.perf_counter()
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RECORDS_FILE}.", suffix=".tmp")
