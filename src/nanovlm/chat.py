@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import openai
-
 from .config import ConfigError
 
 # USD per million (input, output) tokens: OpenAI's published list prices for the standard tier (as of 2025).
@@ -72,7 +70,18 @@ class RetriesExhausted(ChatError):
     """A request that kept failing with retryable errors: give up on this item, carry on with the others."""
 
 
-def make_client(settings: ChatSettings) -> openai.OpenAI:
+def _openai():
+    # imported on first use: the `openai` package is an optional extra (nanovlm[paper])
+    try:
+        import openai
+    except ImportError:
+        raise ConfigError("this command talks to an LLM through the `openai` package: "
+                          "pip install 'nanovlm[paper]'") from None
+    return openai
+
+
+def make_client(settings: ChatSettings):
+    openai = _openai()
     key = os.environ.get(settings.api_key_env)
     if not key:
         if settings.base_url is None:
@@ -110,6 +119,7 @@ class Usage:
 
 
 def _retryable(error: Exception) -> bool:
+    openai = _openai()
     if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, openai.APIResponseValidationError,
                           json.JSONDecodeError, MalformedAnswer)):
         return True
@@ -136,7 +146,7 @@ def backoff_seconds(attempt: int, settings: ChatSettings, error: Exception | Non
     return ceiling / 2 + random.random() * ceiling / 2
 
 
-def chat(client: openai.OpenAI, settings: ChatSettings, messages: list[dict], usage: Usage | None = None,
+def chat(client, settings: ChatSettings, messages: list[dict], usage: Usage | None = None,
          sleep=time.sleep) -> str:
     """One Chat Completions call with retries; returns the assistant's text. Raises RetriesExhausted when the
     retryable errors outlast max_retries, ChatError at once on any other error."""
