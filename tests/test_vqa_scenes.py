@@ -8,7 +8,7 @@ import re
 import pytest
 
 from nanovlm.data.format import read_records
-from nanovlm.data.synth import (COLORS, NUMBER_WORDS, QUESTION_TEMPLATES, QUESTION_TYPES, SHAPES, ask_questions,
+from nanovlm.data.synth import (NUMBER_WORDS, QUESTION_TEMPLATES, QUESTION_TYPES, SHAPES, ask_questions,
                                 make_scenes, plan_scene)
 from nanovlm.evaluate import evaluate
 

@@ -13,7 +13,8 @@ import sys
 
 from .common import ArgumentParser, HelpFormatter
 
-COMMAND_MODULES = ["info", "data", "train", "generate", "evaluate", "bench"]
+# evaluate comes last: it adds a generic `eval TASK` for every registered scorer no module gave its own command
+COMMAND_MODULES = ["info", "data", "train", "generate", "bench", "vqa", "evaluate"]
 GROUPS = {"data": "make or import datasets", "eval": "evaluate a model on a task"}
 
 

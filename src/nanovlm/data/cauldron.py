@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
-
+from ..progress import progress as show_progress
 from .format import FIELDS, RECORDS_FILE, DatasetFormatError, assign_split, validate_record
 
+COLUMNS = ("images", "texts")
 BATCH_ROWS = 64                 # rows held in memory at once
 HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")   # owner/dataset[:subset]
 IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
@@ -59,29 +59,33 @@ def parquet_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _row_batches(path: Path) -> Iterator[list[dict]]:
-    """The rows of one parquet file, BATCH_ROWS at a time. One row group is read at a time, without read-ahead
-    (`iter_batches` buffered several groups: 3x the peak memory on 100 KB images), so memory is bounded by the
-    largest row group."""
+def open_parquet(path: Path, columns: tuple[str, ...], what: str):
+    """A pyarrow ParquetFile holding `columns`, or one clear error naming the file. Opened before any work starts,
+    so a wrong file fails at once."""
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False)
     except Exception as e:   # pyarrow raises ArrowInvalid / OSError for files that are not parquet
         raise DatasetFormatError(f"{path}: not a readable parquet file ({e})") from None
-    missing = {"images", "texts"} - set(parquet.schema_arrow.names)
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
-        raise DatasetFormatError(f"{path}: no column(s) {sorted(missing)}; a Cauldron file has 'images' (list of "
-                                 f"{{bytes, path}}) and 'texts' (list of {{user, assistant, source}}), "
-                                 f"this one has {parquet.schema_arrow.names}")
+        raise DatasetFormatError(f"{path}: no column(s) {missing}; {what}, this one has {parquet.schema_arrow.names}")
+    return parquet
+
+
+def row_batches(parquet, columns: tuple[str, ...]) -> Iterator[list[dict]]:
+    """The rows of one parquet file, BATCH_ROWS at a time. One row group is read at a time, without read-ahead
+    (`iter_batches` buffered several groups: 3x the peak memory on 100 KB images), so memory is bounded by the
+    largest row group."""
     for group in range(parquet.num_row_groups):
-        table = parquet.read_row_group(group, columns=["images", "texts"], use_threads=False)
+        table = parquet.read_row_group(group, columns=list(columns), use_threads=False)
         for batch in table.to_batches(max_chunksize=BATCH_ROWS):
             yield batch.to_pylist()
         del table
 
 
-def _hub_batches(name: str) -> Iterator[list[dict]]:
+def _open_hub(name: str):
     """Stream "owner/dataset[:subset]" from the Hub with `datasets`; one clear error when that cannot work."""
     repo, _, subset = name.partition(":")
     try:
@@ -91,18 +95,21 @@ def _hub_batches(name: str) -> Iterator[list[dict]]:
                                  "Hub needs the `datasets` package (pip install datasets) and a network "
                                  "connection. Or download the parquet files and pass them with --parquet") from None
     try:
-        stream = datasets.load_dataset(repo, subset or None, split="train", streaming=True)
-        batch = []
-        for row in stream:
-            batch.append(row)
-            if len(batch) == BATCH_ROWS:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        return datasets.load_dataset(repo, subset or None, split="train", streaming=True)
     except (ConnectionError, OSError, ValueError) as e:   # offline, unknown repo or subset
         raise DatasetFormatError(f"{name}: could not stream it from the Hugging Face Hub ({e}). Check the name "
                                  "and the network, or pass downloaded parquet files with --parquet") from None
+
+
+def _hub_batches(stream) -> Iterator[list[dict]]:
+    batch = []
+    for row in stream:
+        batch.append(row)
+        if len(batch) == BATCH_ROWS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class ImageStore:
@@ -180,12 +187,16 @@ def import_cauldron(sources: list[str], out: str | os.PathLike, name: str | None
         raise DatasetFormatError("no parquet files given: pass --parquet FILES or a folder")
     if len(sources) == 1 and not Path(sources[0]).exists() and HUB_NAME.match(str(sources[0])):
         hub_name = str(sources[0])
-        streams = [(Path(hub_name), Path("."), _hub_batches(hub_name))]
+        streams = [(Path(hub_name), Path("."), _hub_batches(_open_hub(hub_name)))]
         prefix = name or hub_name.rpartition(":")[2].rpartition("/")[2]
+        total = None
     else:
         files = parquet_files(sources)
-        streams = [(f, f.parent, _row_batches(f)) for f in files]
+        opened = [open_parquet(f, COLUMNS, "a Cauldron file has 'images' (list of {bytes, path}) and 'texts' "
+                               "(list of {user, assistant, source})") for f in files]
+        streams = [(f, f.parent, row_batches(p, COLUMNS)) for f, p in zip(files, opened)]
         prefix = name or files[0].parent.name or files[0].stem
+        total = sum(p.metadata.num_rows for p in opened)
 
     out.mkdir(parents=True, exist_ok=True)
     store = ImageStore(out)
@@ -194,7 +205,7 @@ def import_cauldron(sources: list[str], out: str | os.PathLike, name: str | None
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RECORDS_FILE}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f, \
-                tqdm(desc="cauldron", unit="row", disable=not progress) as bar:
+                show_progress(total=total, desc="cauldron", unit="row", enabled=progress) as bar:
             for source, base, batches in streams:
                 row_in_file = 0
                 for batch in batches:

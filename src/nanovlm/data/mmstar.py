@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from .cauldron import ImageStore, parquet_files, peak_rss_mb
+from ..progress import progress as show_progress
+from .cauldron import ImageStore, open_parquet, parquet_files, peak_rss_mb, row_batches
 from .format import FIELDS, RECORDS_FILE, DatasetFormatError, validate_record
 
 COLUMNS = ("index", "question", "image", "answer", "category", "l2_category")
@@ -59,31 +58,23 @@ def mmstar_record(row: dict, image: str, where: str) -> dict:
 def import_mmstar(sources: list[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False,
                   progress: bool = True) -> dict:
     """Convert MMStar parquet file(s) into a dataset folder (every record in split "test"). Returns stats."""
-    import pyarrow.parquet as pq
-
     out = Path(out)
     if (out / RECORDS_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out / RECORDS_FILE} already exists; choose another folder or pass --overwrite")
     files = parquet_files(sources)
+    opened = [open_parquet(f, COLUMNS, f"an MMStar file has {list(COLUMNS)}") for f in files]
     out.mkdir(parents=True, exist_ok=True)
     store = ImageStore(out)
     started, seen, n = time.perf_counter(), set(), 0
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RECORDS_FILE}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f, \
-                tqdm(desc="mmstar", unit="question", disable=not progress) as bar:
-            for path in files:
-                try:
-                    parquet = pq.ParquetFile(path, pre_buffer=False)
-                except Exception as e:   # pyarrow's ArrowInvalid / OSError for files that are not parquet
-                    raise DatasetFormatError(f"{path}: not a readable parquet file ({e})") from None
-                missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
-                if missing:
-                    raise DatasetFormatError(f"{path}: no column(s) {missing}; an MMStar file has {list(COLUMNS)}, "
-                                             f"this one has {parquet.schema_arrow.names}")
+                show_progress(total=sum(p.metadata.num_rows for p in opened), desc="mmstar", unit="question",
+                              enabled=progress) as bar:
+            for path, parquet in zip(files, opened):
                 row_in_file = 0
-                for group in range(parquet.num_row_groups):
-                    for row in parquet.read_row_group(group, columns=list(COLUMNS), use_threads=False).to_pylist():
+                for batch in row_batches(parquet, COLUMNS):
+                    for row in batch:
                         where = f"{path} row {row_in_file}"
                         row_in_file += 1
                         image = store.add(_image_entry(row["image"], where), path.parent, where)

@@ -26,7 +26,11 @@ Adding a task = one module in nanovlm/evaluate/ holding one registered Scorer su
         def summarize(self, scores, items):              # all scores -> {metric: number or {group: {...}}}
             return {"questions": len(scores), "accuracy": sum(s["correct"] for s in scores) / len(scores)}
 
-The module is found by name (`get_scorer("exact")` imports nanovlm.evaluate.exact), so nothing else needs an edit.
+The module is found by name (`get_scorer("exact")` imports nanovlm.evaluate.exact), so nothing else needs an edit:
+`nanovlm eval exact --model M --data D` works (with --limit, --batch-size, --json, --report). A task that needs
+settings declares them in `options` ({"judge_url": {"help": "...", "default": None, "type": str}}): each becomes a
+`--judge-url` flag and `self.judge_url`. Override `new_tokens(items, tokenizer)` when the budget depends on the
+references, `format_value` for a number that is not a rate, `no_items_hint` for the empty-dataset error.
 Summaries hold numbers (rates in [0, 1] are shown as percentages unless `format_value` says otherwise) and may
 hold one level of groups, {"by_type": {"color": {"n": 10, "accuracy": 0.9}, ...}}, shown as a second table.
 """
@@ -41,10 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..config import ConfigError
 from ..data import format as fmt
+from ..progress import progress as show_progress
 
 
 @dataclass
@@ -66,6 +69,17 @@ class Scorer:
     description: str = ""
     max_new_tokens: int = 16        # generation budget per question (greedy)
     default_split: str = "test"
+    # task-specific settings, each becomes `nanovlm eval NAME --flag` and an attribute of the scorer:
+    # {"judge_url": {"help": "...", "default": None, "type": str}}
+    options: dict[str, dict] = {}
+
+    def __init__(self, **options):
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ConfigError(f"the {self.name!r} task has no option(s) {sorted(unknown)}; "
+                              f"it takes {sorted(self.options) or 'none'}")
+        for key, spec in self.options.items():
+            setattr(self, key, options.get(key, spec.get("default")))
 
     def items(self, record: dict) -> list[Item]:
         raise NotImplementedError
@@ -83,6 +97,10 @@ class Scorer:
     def no_items_hint(self) -> str:
         """Appended to the error when a dataset has nothing this scorer can ask."""
         return ""
+
+    def attach(self, model, data):
+        """Called once before scoring, for scorers that need more than the answer text (the fields scorer reads
+        the model's token probabilities on the images in `data`)."""
 
     def format_value(self, key: str, value) -> str:
         if value is None:
@@ -117,14 +135,15 @@ def available_scorers() -> dict[str, type[Scorer]]:
     return dict(sorted(SCORERS.items()))
 
 
-def get_scorer(name: str) -> Scorer:
+def get_scorer(name: str, **options) -> Scorer:
+    """A scorer by task name, configured with its task-specific options."""
     if name not in SCORERS and name in _scorer_modules():
         importlib.import_module(f"{__package__}.{name}")
     if name not in SCORERS:
         available_scorers()
     if name not in SCORERS:
         raise ConfigError(f"unknown evaluation task {name!r}; choose from {', '.join(available_scorers())}")
-    return SCORERS[name]()
+    return SCORERS[name](**options)
 
 
 # -----------------------------------------------------------------------------
@@ -161,6 +180,7 @@ def evaluate(model, data: str | os.PathLike, task: str | Scorer, split: str | No
     from ..predict import complete   # torch is imported only when a model is actually run
 
     scorer = get_scorer(task) if isinstance(task, str) else task
+    scorer.attach(model, data)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     split = split or scorer.default_split
@@ -173,7 +193,7 @@ def evaluate(model, data: str | os.PathLike, task: str | Scorer, split: str | No
     tokenizer = model.tokenizer
     budget = max_new_tokens or scorer.new_tokens(items, tokenizer)
     samples, scores = [], []
-    bar = tqdm(total=len(items), desc=scorer.name, unit="q", disable=not progress)
+    bar = show_progress(total=len(items), desc=scorer.name, unit="q", enabled=progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         images = [[fmt.load_image(data, path) for path in item.images] for item in chunk]
