@@ -76,18 +76,31 @@ class ServeConfig:
     tls_key: str = ""
     graceful_shutdown_s: float = 30.0        # how long shutdown waits for requests in flight
 
+    def __post_init__(self):
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+        for name in ("max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_prompt_chars",
+                     "max_new_tokens", "default_max_new_tokens", "max_images", "max_fields", "rate_burst"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rate_limit", "batch_window_ms", "graceful_shutdown_s", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+
     @classmethod
     def from_env(cls, environ, **overrides) -> "ServeConfig":
         """Fields from NANOVLM_<FIELD> variables, then `overrides` (the command line) on top."""
         import dataclasses
 
-        from ..config import parse_value
+        from ..config import field_types, parse_value
 
         values = {}
         for f in dataclasses.fields(cls):
             text = environ.get(f"NANOVLM_{f.name.upper()}")
             if text is not None:
-                values[f.name] = parse_value(type(f.default), text, f"NANOVLM_{f.name.upper()}")
+                values[f.name] = parse_value(field_types(cls)[f.name], text, f"NANOVLM_{f.name.upper()}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

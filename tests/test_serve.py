@@ -1,0 +1,264 @@
+"""The HTTP API on a tiny random-weight model: endpoints, the OpenAI client, input limits, model failures,
+batching, the bounded queue and graceful shutdown; and generation state kept per call."""
+import asyncio
+import struct
+import threading
+import time
+import zlib
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from nanovlm.sampling import GenerationConfig
+from nanovlm.serve.app import create_app
+from nanovlm.serve.batching import Batcher, Job, QueueFull
+
+from serve_util import data_url, live_server, model, model_dir, png_bytes, serve_config  # noqa: F401
+
+PNG = png_bytes()
+
+
+# ------------------------------------------------------------------------------------------ generation state
+
+def _prompt(model, text="I see"):
+    ids, _ = model.tokenizer.encode_conversation([{"user": "Describe the picture.", "assistant": text}],
+                                                 model.cfg.image_tokens_per_image, fusion=model.cfg.fusion,
+                                                 for_generation=True)
+    return torch.tensor([ids])
+
+
+def test_concurrent_generate_calls_on_one_model_match_sequential(model):
+    """The KV cache lives in each call: two threads generating at once get what each gets alone."""
+    images = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    prompts = [_prompt(model, "I see"), _prompt(model, "Look, there is a")]
+    expected = [model.generate(p, im, max_new_tokens=12, eos_token_id=-1) for p, im in zip(prompts, images)]
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            for _ in range(5):
+                results.setdefault(i, []).append(model.generate(prompts[i], images[i], max_new_tokens=12,
+                                                                eos_token_id=-1))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    for i in range(2):
+        for out in results[i]:
+            assert torch.equal(out, expected[i])
+    assert not any(hasattr(block.attn, "cache") for block in model.decoder.blocks)
+
+
+def test_generate_steps_yields_what_generate_returns(model):
+    prompt, image = _prompt(model), torch.randn(1, 3, 32, 32)
+    tokens = model.generate(prompt, image, max_new_tokens=6, eos_token_id=-1)
+    steps = list(model.generate_steps(prompt, image, max_new_tokens=6, eos_token_id=-1))
+    assert torch.equal(torch.stack([s.tokens for s in steps], 1), tokens)
+    assert all(s.logprobs.shape == (1,) and float(s.logprobs) <= 0 for s in steps)
+
+
+# ------------------------------------------------------------------------------------------ endpoints
+
+@pytest.fixture
+def client(model, model_dir):
+    with TestClient(create_app(model, serve_config(model_dir))) as c:
+        yield c
+
+
+def test_complete_vqa_and_extract_fields_json_and_multipart(client):
+    r = client.post("/v1/complete", json={"image": data_url(PNG), "prompt": "I see", "max_tokens": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["full_text"].startswith("I see") and body["completion_tokens"] <= 5
+    assert 0 < body["confidence"] <= 1 and body["latency_ms"] > 0 and r.headers["x-request-id"] == body["id"]
+
+    r = client.post("/v1/vqa", files={"image": ("x.png", PNG, "image/png")},
+                    data={"question": "What is there?", "max_tokens": "4", "stop": ["."]})
+    assert r.status_code == 200, r.text
+    assert set(r.json()) >= {"answer", "confidence", "latency_ms"}
+
+    schema = {"properties": {"name": {"type": "string"}, "total": {"type": "number", "description": "amount"}}}
+    r = client.post("/v1/extract-fields", json={"image": data_url(PNG), "schema": schema, "threshold": 0.0})
+    assert r.status_code == 200, r.text
+    assert set(r.json()["fields"]) == {"name", "total"} and set(r.json()["confidence"]) == {"name", "total"}
+    # a random model is never sure: with the default threshold every value is null
+    r = client.post("/v1/extract-fields", files={"image": ("x.png", PNG, "image/png")}, data={"fields": "name,date"})
+    assert r.status_code == 200 and r.json()["fields"] == {"name": None, "date": None}
+
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny-vlm"
+    metrics = client.get("/metrics").text
+    assert 'nanovlm_requests_total{route="/v1/complete",status="200"} 1.0' in metrics
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "multipart/form-data" in paths["/v1/vqa"]["post"]["requestBody"]["content"]
+
+
+def _forged_png(width, height) -> bytes:
+    """A real 1x1 PNG whose header claims width x height (a decompression bomb's header, without the bomb)."""
+    data = bytearray(png_bytes((1, 1)))
+    ihdr = 8 + 8                                                          # signature, chunk length + type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("case,status,words", [
+    ("bomb", 413, "pixels"), ("tiff", 415, "TIFF"), ("garbage", 415, "not an image"),
+    ("truncated", 400, "damaged"), ("long_prompt", 400, "characters"), ("max_tokens", 400, "cap"),
+    ("context", 400, "context"), ("bad_base64", 400, "base64"), ("url", 400, "does not fetch"),
+    ("body", 413, "body"), ("content_type", 415, "multipart"), ("temperature", 422, "temperature"),
+])
+def test_each_bad_input_is_a_4xx_saying_what_is_wrong(model, model_dir, case, status, words):
+    cfg = serve_config(model_dir, max_pixels=100_000_000, max_body_bytes=200_000, max_new_tokens=500)
+    body = {"image": data_url(PNG), "prompt": "I see", "max_tokens": 4}
+    headers, content = {}, None
+    if case == "bomb":
+        body["image"] = data_url(_forged_png(30_000, 30_000))
+    elif case == "tiff":
+        body["image"] = data_url(png_bytes(fmt="TIFF"))
+    elif case == "garbage":
+        body["image"] = data_url(b"hello, not an image" * 10)
+    elif case == "truncated":
+        body["image"] = data_url(png_bytes((200, 200), "blue")[:200])
+    elif case == "long_prompt":
+        body["prompt"] = "x" * 5000
+    elif case == "max_tokens":
+        body["max_tokens"] = 501
+    elif case == "context":
+        body["max_tokens"] = 400                 # within the cap, beyond the tiny model's 128-token context
+    elif case == "bad_base64":
+        body["image"] = "data:image/png;base64,@@@"
+    elif case == "url":
+        body["image"] = "https://example.com/cat.png"
+    elif case == "body":
+        body["prompt"] = "x" * 300_000
+    elif case == "content_type":
+        content, headers = b"image=1", {"content-type": "application/x-www-form-urlencoded"}
+    elif case == "temperature":
+        body["temperature"] = -1
+    with TestClient(create_app(model, cfg)) as c:
+        r = c.post("/v1/complete", json=None if content else body, content=content, headers=headers)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert words.lower() in error["message"].lower(), error
+        assert r.json()["request_id"] == r.headers["x-request-id"]
+        assert c.get("/health").status_code == 200
+
+
+def test_model_failure_is_a_500_with_request_id_and_the_server_keeps_serving(model, model_dir, monkeypatch, caplog):
+    real = model.generate_steps
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom inside the model")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate_steps", flaky)
+    with TestClient(create_app(model, serve_config(model_dir)), raise_server_exceptions=False) as c:
+        r = c.post("/v1/complete", json={"image": data_url(PNG), "max_tokens": 3})
+        assert r.status_code == 500
+        rid = r.json()["request_id"]
+        assert rid in r.json()["error"]["message"] and "boom" not in r.text       # no internals leak out
+        assert any(rid in rec.getMessage() for rec in caplog.records)              # but the log has it
+        assert c.post("/v1/complete", json={"image": data_url(PNG), "max_tokens": 3}).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ OpenAI client
+
+def test_openai_client_chat_with_an_image_and_streaming(model, model_dir):
+    from openai import OpenAI
+
+    app = create_app(model, serve_config(model_dir, no_auth=False), auth=_one_key_auth(model_dir))
+    with live_server(app) as (url, _):
+        client = OpenAI(base_url=url + "/v1", api_key=_one_key_auth.key, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["tiny-vlm"]
+        messages = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": "Describe the picture."},
+                                                 {"type": "image_url", "image_url": {"url": data_url(PNG)}}]}]
+        reply = client.chat.completions.create(model="tiny-vlm", messages=messages, max_tokens=6, temperature=0)
+        text = reply.choices[0].message.content
+        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 6
+        stream = client.chat.completions.create(model="tiny-vlm", messages=messages, max_tokens=6, stream=True)
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == text      # greedy: same answer
+        assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
+        with pytest.raises(Exception) as bad:
+            OpenAI(base_url=url + "/v1", api_key="nvk_wrong_key", max_retries=0).models.list()
+        assert getattr(bad.value, "status_code", None) == 401
+
+
+def _one_key_auth(model_dir):
+    from nanovlm.serve.auth import Authenticator, KeyStore
+
+    store = KeyStore(model_dir.parent / "keys.json")
+    if not getattr(_one_key_auth, "key", None):
+        _one_key_auth.key = store.add("openai-test")
+    return Authenticator(keys=store)
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+def _jobs_in_one_batch(model, configs):
+    """Run jobs through one Batcher whose window is long enough that they surely share a batch."""
+    image = [__import__("PIL.Image", fromlist=["Image"]).new("RGB", (32, 32), "red")]
+
+    async def go():
+        batcher = Batcher(model, max_batch_size=len(configs), window_ms=500)
+        try:
+            jobs = [batcher.submit(Job(_prompt(model, start)[0].tolist(), image, g)) for start, g in configs]
+            return await asyncio.gather(*(j.result() for j in jobs))
+        finally:
+            batcher.shutdown()
+
+    return asyncio.run(go())
+
+
+def test_batched_jobs_keep_their_own_max_tokens_and_stop_strings(model):
+    alone = {n: _jobs_in_one_batch(model, [("I see", GenerationConfig(max_new_tokens=n))])[0].text for n in (3, 9)}
+    batched = _jobs_in_one_batch(model, [("I see", GenerationConfig(max_new_tokens=3)),
+                                         ("I see", GenerationConfig(max_new_tokens=9)),
+                                         ("Look, there is a", GenerationConfig(max_new_tokens=9))])
+    assert [j.batch_size for j in batched] == [3, 3, 3]
+    assert batched[0].text == alone[3] and batched[1].text == alone[9]
+    stop = alone[9][len(alone[3]) - 1: len(alone[3]) + 1] if len(alone[9]) > len(alone[3]) else None
+    if stop and stop.strip():
+        cut = _jobs_in_one_batch(model, [("I see", GenerationConfig(max_new_tokens=9, stop=(stop,)))])[0]
+        assert cut.text == alone[9][: alone[9].find(stop)] and cut.finish_reason == "stop"
+
+
+def test_queue_full_is_503_and_graceful_shutdown_finishes_requests_in_flight(model, model_dir, monkeypatch):
+    real = model.generate_steps
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate_steps", slow)
+    app = create_app(model, serve_config(model_dir, queue_size=2, max_batch_size=1, batching=False))
+    body = {"image": data_url(PNG), "max_tokens": 2}
+    with live_server(app) as (url, server):
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                return await asyncio.gather(*(c.post("/v1/complete", json=body) for _ in range(8)))
+
+        statuses = sorted(r.status_code for r in asyncio.run(burst()))
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}, statuses
+
+        results = {}
+
+        def in_flight():
+            results["r"] = httpx.post(url + "/v1/complete", json=body, timeout=30)
+
+        t = threading.Thread(target=in_flight)
+        t.start()
+        time.sleep(0.1)                     # the request is being answered ...
+        server.should_exit = True           # ... when the server is told to stop (what SIGTERM does)
+        t.join(30)
+        assert results["r"].status_code == 200
