@@ -1,0 +1,259 @@
+"""The CLI under hostile but realistic input: every case exits 0 with the right output, or 2 with exactly one
+`error:` line; never a traceback, never a changed dataset, model or run without --overwrite.
+
+Generated cases (hypothesis) cover --set pairs for model keys and training options and the generation flags;
+the named cases are the ones a user met (issue 7)."""
+from __future__ import annotations
+
+import hashlib
+import math
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nanovlm import cli
+from nanovlm.config import all_model_keys
+from nanovlm.data.synth import make_scenes
+from nanovlm.model.vlm import VisionLanguageModel
+from nanovlm.tokenizer import Tokenizer
+from nanovlm.train import TrainConfig
+
+from conftest import tiny_config
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+TRAIN_KEYS = [f.name for f in __import__("dataclasses").fields(TrainConfig)]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """main() in-process; argparse's own exits (bad flags, --help, --version) count like returns."""
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean(code, err, allowed=(0, 2)):
+    assert code in allowed, (code, err)
+    assert "Traceback" not in err, err
+    if code == 2:
+        lines = [line for line in err.splitlines() if line.strip()]
+        error_lines = [line for line in lines if line.startswith("error:")]
+        assert len(error_lines) == 1 and lines[-1].startswith("error:"), err
+
+
+def tree_digest(folder: Path) -> str:
+    """Names and bytes of every file under folder: equal digests, untouched folder."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    make_scenes(folder, n=40, style="short", image_size=32, seed=0, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = Tokenizer.train(["There is a big red ball on the green grass.", "I see two blue boxes."] * 20,
+                                vocab_size=300)
+    VisionLanguageModel(tokenizer.configure(tiny_config())).save_pretrained(folder, tokenizer=tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "picture.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ generated cases
+
+texts = st.one_of(
+    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["true", "false", "none", "", "[]", "{}", "[\"vision\"]", "vision,decoder", "abc", "1.5", "-1",
+                     "0", "1e9", "nan", "gpt", "llama", "rope", "mlp", "convnet", "64", "8"]),
+    st.text(string.printable, max_size=12))
+model_keys = st.sampled_from(all_model_keys())
+train_keys = st.sampled_from(TRAIN_KEYS)
+odd_keys = st.text(string.ascii_lowercase + "._", min_size=1, max_size=15)
+
+
+@FUZZ
+@given(pairs=st.lists(st.tuples(st.one_of(model_keys, odd_keys), texts), min_size=1, max_size=3))
+def test_info_with_random_model_keys(capsys, pairs):
+    code, out, err = run_cli(capsys, "info", "tiny", *[a for k, v in pairs for a in ("--set", f"{k}={v}")])
+    assert_clean(code, err)
+    if code == 0:
+        assert "parameters" in out
+
+
+@FUZZ
+@given(pairs=st.lists(st.tuples(st.one_of(train_keys, model_keys, odd_keys), texts), min_size=1, max_size=3),
+       steps=st.one_of(st.none(), st.sampled_from(["1", "0", "-3", "1.5", "abc", "2"])))
+def test_train_options_are_parsed_and_checked_before_training(capsys, monkeypatch, scenes, tmp_path_factory,
+                                                              pairs, steps):
+    """The command line up to the TrainConfig and model config; the training itself is replaced by a check."""
+    reached = []
+
+    def fake_train(tcfg):
+        from nanovlm.config import from_name
+
+        from_name(tcfg.preset, tcfg.model)                # the model config must build too
+        reached.append(tcfg)
+        return {"steps": tcfg.steps, "train_time_s": 0.0, "stopped_early": False, "final_loss": 1.0,
+                "best_val_loss": None, "best": "b", "last": "l", "metrics": "m"}
+
+    monkeypatch.setattr("nanovlm.train.train", fake_train)
+    out = tmp_path_factory.mktemp("run")
+    argv = ["train", "--preset", "tiny", "--data", scenes, "--out", out,
+            *(["--steps", steps] if steps else []), *[a for k, v in pairs for a in ("--set", f"{k}={v}")]]
+    code, _, err = run_cli(capsys, *argv)
+    assert_clean(code, err)
+    if code == 0:
+        tcfg = reached[0]
+        assert tcfg.steps >= 1 and tcfg.lr > 0 and tcfg.grad_clip >= 0 and isinstance(tcfg.freeze, list)
+
+
+gen_values = st.one_of(st.integers(-5, 12).map(str), st.sampled_from(["200", "100000"]), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                       st.sampled_from(["abc", "", "1e400", "0.5", "1", "0"]))
+
+
+@FUZZ
+@given(flags=st.dictionaries(st.sampled_from(["--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed"]),
+                             gen_values, max_size=3),
+       prompt=st.one_of(st.sampled_from(["", "I see", "<|image|>", "<|endoftext|> hi", "<|pad|><|im_start|>"]),
+                        st.text(max_size=20)))
+def test_generate_with_random_flags_and_prompts(capsys, model_dir, image, flags, prompt):
+    code, out, err = run_cli(capsys, "generate", "--model", model_dir, "--image", image, "--prompt", prompt,
+                             *[a for k, v in flags.items() for a in (k, v)])
+    assert_clean(code, err)
+    if code == 0:
+        assert out.startswith(prompt.split("\n")[0]) or not prompt.strip()
+
+
+# ------------------------------------------------------------------------------------------ named cases
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "steps=abc"], "steps must be a whole number"),
+    (["--set", "lr=abc"], "lr must be a number"),
+    (["--set", "seed=abc"], "seed must be a whole number"),
+    (["--set", "steps=1.5"], "steps must be a whole number"),
+    (["--set", "model={}"], "model"),
+    (["--set", "lr=-1"], "lr must be in (0, 1]"),
+    (["--set", "grad_clip=-1"], "grad_clip must be >= 0"),
+    (["--set", "decoder.n_head=0"], "decoder.n_head must be >= 1"),
+    (["--set", "vision.patch_size=0"], "vision.patch_size"),
+    (["--set", "vision.image_size=0"], "vision.image_size"),
+    (["--set", "decoder.vocab_size=-5"], "decoder.vocab_size"),
+    (["--set", "decoder.n_layer=0"], "decoder.n_layer must be >= 1"),
+    (["--set", "steps=5", "--steps", "6"], "steps is given twice"),
+    (["--set", "warmup_stepz=5"], "did you mean warmup_steps"),
+    (["--set", "freeze=eyes"], "freeze: unknown module"),
+    (["--steps", "abc"], "--steps must be a whole number"),
+    (["--device", "tpu"], "device must be one of"),
+])
+def test_bad_training_options_are_one_error_before_any_file(capsys, scenes, tmp_path, args, message):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--data", scenes, "--out", out, *args)
+    assert_clean(code, err, allowed=(2,))
+    assert message in err, err
+    assert not out.exists(), "nothing may be written before the options are checked"
+
+
+def test_typed_set_values_reach_the_config():
+    tcfg = TrainConfig.from_options({"freeze": "vision", "progress": "false", "steps": "7", "lr": "3e-4",
+                                     "decoder.flavour": "llama"})
+    assert tcfg.freeze == ["vision"] and tcfg.progress is False and tcfg.steps == 7 and tcfg.lr == 3e-4
+    from nanovlm.config import from_name
+
+    cfg = from_name("tiny", tcfg.model)
+    # a flavour override derives every switch afresh: no gpt/llama hybrid
+    assert (cfg.decoder.norm, cfg.decoder.mlp, cfg.decoder.position_embedding, cfg.decoder.bias) == \
+        ("rmsnorm", "swiglu", "rope", False)
+
+
+def test_train_never_replaces_a_run_or_its_tokenizer_without_overwrite(capsys, scenes, tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--preset", "tiny", "--data", scenes, "--out", out, "--steps", "1", "--quiet", "--threads", "1",
+            "--batch-size", "4", "--set", "eval_batches=1", "--set", "warmup_steps=0"]
+    assert run_cli(capsys, *base)[0] == 0
+    before = tree_digest(out)
+    code, _, err = run_cli(capsys, *base)
+    assert_clean(code, err, allowed=(2,))
+    assert "--resume" in err and "--overwrite" in err
+    assert tree_digest(out) == before
+    code, _, err = run_cli(capsys, *base, "--overwrite")
+    assert code == 0, err
+
+
+def test_demo_refuses_to_replace_another_dataset(capsys, scenes, tmp_path):
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(scenes, out / "data")
+    before = tree_digest(out)
+    code, _, err = run_cli(capsys, "demo", "--out", out, "--n", "40", "--steps", "1", "--eval-scenes", "2")
+    assert_clean(code, err, allowed=(2,))
+    assert "holds another dataset" in err and tree_digest(out) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--max-new-tokens", "-1"], "max_new_tokens"),
+    (["--max-new-tokens", "100000"], "max_new_tokens"),
+    (["--temperature", "-1"], "temperature"),
+    (["--temperature", "nan"], "temperature"),
+    (["--top-p", "2"], "top_p"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-k", "-1"], "top_k"),
+    (["--prompt", "word " * 400], "context"),
+])
+def test_bad_generation_settings(capsys, model_dir, image, args, message):
+    code, _, err = run_cli(capsys, "generate", "--model", model_dir, "--image", image, *args)
+    assert_clean(code, err, allowed=(2,))
+    assert message in err.lower(), err
+
+
+def test_cuda_without_cuda_is_one_error(capsys, model_dir, image):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(capsys, "generate", "--model", model_dir, "--image", image, "--device", "cuda")
+    assert_clean(code, err, allowed=(2,))
+    assert "CUDA" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data", "scenes", "--out", "{tmp}/s", "--image-size", "20000"], "image"),
+    (["data", "scenes", "--out", "{tmp}/s", "--n", "0"], "n"),
+    (["info", "gigantic"], "unknown preset"),
+    (["generate", "--model", "{tmp}/none", "--image", "{tmp}"], "image"),
+    (["nonsense"], "invalid choice"),
+])
+def test_misc_bad_inputs(capsys, tmp_path, argv, message):
+    code, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert_clean(code, err, allowed=(2,))
+    assert message in err, err
+
+
+def test_version_and_help(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("nanovlm ")
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0 and "(default: 1500)" in out and "(default: bf16)" in out
