@@ -58,6 +58,10 @@ class TrainConfig:
     eval_every: int = 100                         # steps between validations (and `last` checkpoints)
     eval_batches: int = 10                        # validation batches per evaluation
     patience: int = 0                             # evaluations without improvement before stopping; 0 = off
+    # what `best` is kept by: the validation "loss", or an evaluation task's held-out score ("vqa": accuracy on
+    # select_questions validation questions, answered greedily at every evaluation)
+    select_by: str = "loss"
+    select_questions: int = 200
     augment: bool = True
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
@@ -75,7 +79,11 @@ class TrainConfig:
         check(not unknown, f"freeze: unknown module(s) {sorted(unknown)}; choose from {', '.join(MODULES)}")
         unknown = set(self.report_to) - {"wandb", "tensorboard"}
         check(not unknown, f"report_to: unknown tracker(s) {sorted(unknown)}; choose from wandb, tensorboard")
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches"):
+        if self.select_by != "loss":
+            from .evaluate.runner import available_scorers
+            tasks = ["loss", *[t for t in available_scorers() if not t.startswith("_")]]
+            _check_choice("select_by", self.select_by, tasks)
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "select_questions"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "patience", "seed", "num_workers", "threads"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
@@ -278,7 +286,7 @@ def train(tcfg: TrainConfig) -> dict:
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed)
     val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val")
 
-    state = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
+    state = {"step": 0, "best_val_loss": None, "best_score": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
     if tcfg.resume:
         state.update(checkpoint.load_checkpoint(out / "last", model, optimizer))
     consumed = state["step"] * tcfg.grad_accum                     # micro-batches already trained on
@@ -313,7 +321,9 @@ def train(tcfg: TrainConfig) -> dict:
                   "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0)}
         if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
             record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
-            stop = update_best(state, record["val_loss"], tcfg)
+            if tcfg.select_by != "loss":
+                record[f"val_{tcfg.select_by}"] = evaluate_task(model, tokenizer, val_set.records, tcfg, rt)
+            stop = update_best(state, record, tcfg)
             if rt.is_main:
                 if state["evals_without_improvement"] == 0:
                     checkpoint.save_checkpoint(out / "best", model, optimizer, state, tokenizer)
@@ -323,6 +333,7 @@ def train(tcfg: TrainConfig) -> dict:
     progress.close()
     logger.finish()
     summary = {"steps": state["step"], "final_loss": logger.last_loss, "best_val_loss": state["best_val_loss"],
+               "select_by": tcfg.select_by, "best_score": state.get("best_score"),
                "stopped_early": stop, "train_time_s": round(time.time() - start_time, 1),
                "steps_this_run": state["step"] - start_step,
                "best": str(out / "best"), "last": str(out / "last"), "metrics": str(out / "metrics.jsonl")}
@@ -371,13 +382,37 @@ def evaluate_loss(model: VisionLanguageModel, loader: DataLoader, tcfg: TrainCon
     return all_reduce_mean(sum(losses) / len(losses), rt)
 
 
-def update_best(state: dict, val_loss: float, tcfg: TrainConfig) -> bool:
-    """Track the best validation loss; return True when patience has run out."""
+@torch.no_grad()
+def evaluate_task(model: VisionLanguageModel, tokenizer, records: list[dict], tcfg: TrainConfig, rt: Runtime) -> float:
+    """The headline score of the task tcfg.select_by (VQA accuracy, ...) on the first select_questions validation
+    questions, answered greedily in fp32 as `nanovlm eval` would."""
+    from .evaluate import evaluate, get_scorer
+
+    model.eval()
+    model.tokenizer = tokenizer
+    scorer = get_scorer(tcfg.select_by)
+    result = evaluate(model, tcfg.data, scorer, split="val", records=records, limit=tcfg.select_questions,
+                      batch_size=max(tcfg.batch_size, 32), progress=False)
+    if not isinstance(result["summary"].get(scorer.headline), (int, float)):
+        raise ConfigError(f"select_by={tcfg.select_by}: the task reports no {scorer.headline!r} to select by")
+    return all_reduce_mean(float(result["summary"][scorer.headline]), rt)
+
+
+def update_best(state: dict, record: dict, tcfg: TrainConfig) -> bool:
+    """Track the best validation loss, and the best task score when select_by names a task; the evaluation is an
+    improvement (`best` is saved) when the selected one got better. Returns True when patience has run out."""
+    val_loss = record["val_loss"]
     if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
         state["best_val_loss"] = val_loss
-        state["evals_without_improvement"] = 0
+        improved = tcfg.select_by == "loss"
     else:
-        state["evals_without_improvement"] += 1
+        improved = False
+    if tcfg.select_by != "loss":
+        score = record[f"val_{tcfg.select_by}"]
+        improved = state.get("best_score") is None or score > state["best_score"]
+        if improved:
+            state["best_score"] = score
+    state["evals_without_improvement"] = 0 if improved else state["evals_without_improvement"] + 1
     return bool(tcfg.patience) and state["evals_without_improvement"] >= tcfg.patience
 
 

@@ -265,6 +265,7 @@ class GroundingScorer(Scorer):
     """The paper's task, scored objectively: each held-out scene's description is started with its opening words,
     the model writes the rest, and the colours, shapes, counts and positions it names are checked against meta."""
     name = "grounding"
+    headline = "object_accuracy"
     description = ("complete held-out scene descriptions from their first words and score the colours, shapes, "
                    "counts and positions they name against the ground truth")
 

@@ -50,6 +50,7 @@ class MMStarScorer(Scorer):
     description = ("MMStar multiple choice, lmms-eval protocol: letter extraction, accuracy per category and "
                    "l2_category, overall = mean over l2_category")
     max_new_tokens = 16
+    headline = "overall"
 
     def items(self, record: dict) -> list[Item]:
         meta = record.get("meta", {})

@@ -68,6 +68,7 @@ class Scorer:
     name: str = ""
     description: str = ""
     max_new_tokens: int = 16        # generation budget per question (greedy)
+    headline: str = "accuracy"      # the summary's one number (training's select_by keeps the best by it)
     default_split: str = "test"
     # task-specific settings, each becomes `nanovlm eval NAME --flag` and an attribute of the scorer:
     # {"judge_url": {"help": "...", "default": None, "type": str}}
