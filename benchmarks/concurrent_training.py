@@ -27,7 +27,7 @@ SETTINGS = {
 def train_once(data: Path, out: Path, steps: int, env: dict) -> subprocess.Popen:
     threads = env.pop("__threads", None)
     cmd = [sys.executable, "-m", "nanovlm.cli", "train", "--preset", "demo", "--data", str(data), "--out", str(out),
-           "--steps", str(steps), "--quiet", "--json", "--overwrite", "--set", f"eval_every={steps}",
+           "--steps", str(steps), "--quiet", "--json", "--overwrite", "--device", "cpu", "--set", f"eval_every={steps}",
            "--set", "eval_batches=1", "--set", "warmup_steps=10"]
     if threads:
         cmd += ["--threads", threads]
