@@ -21,7 +21,8 @@ def _model_and_tokenizer():
 def test_round_trip_is_bit_exact(tmp_path):
     model, tok = _model_and_tokenizer()
     model.save_pretrained(tmp_path, tokenizer=tok)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                          "tokenizer.json", "tokenizer_config.json"]
     loaded = VisionLanguageModel.from_pretrained(tmp_path)
     assert loaded.cfg == model.cfg
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
@@ -35,8 +36,11 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_missing_folder_and_files(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json not found"):
+    with pytest.raises(CheckpointError, match="nope not found"):
         VisionLanguageModel.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json not found"):
+        VisionLanguageModel.from_pretrained(tmp_path / "empty")
 
 
 def test_corrupted_weights(tmp_path):

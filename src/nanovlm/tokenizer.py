@@ -29,12 +29,11 @@ class TokenizerError(ValueError):
 
 class Tokenizer:
     def __init__(self, hf: HFTokenizer, image_token: str = IMAGE_TOKEN, eos_token: str | None = None,
-                 pad_token: str | None = None):
+                 pad_token: str | None = None, chat_template: str | None = None):
         self.hf = hf
+        self.chat_template = chat_template   # a pretrained LM's own Jinja template (GGUF / tokenizer_config.json)
         vocab = hf.get_vocab(with_added_tokens=True)
-        if eos_token is None:   # a chat model ends its turns with <|im_end|>; a plain LM with its end-of-text token
-            chat = CHAT_START in vocab and CHAT_END in vocab
-            eos_token = CHAT_END if chat else next((t for t in EOS_CANDIDATES if t in vocab), EOS_CANDIDATES[0])
+        eos_token = eos_token or self.default_eos(vocab)
         pad_token = pad_token or PAD_TOKEN
         # Add what is missing as special tokens: they are never split and never produced by plain text.
         missing = [t for t in dict.fromkeys((image_token, eos_token, pad_token)) if t not in vocab]
@@ -48,6 +47,12 @@ class Tokenizer:
         # Text never produces special ids: "<|image|>" typed in a record or a prompt is nine plain characters, not
         # a placeholder. Our own prompt formats insert special tokens by id (encode_conversation).
         hf.encode_special_tokens = True
+
+    @staticmethod
+    def default_eos(vocab) -> str:
+        """A chat model ends its turns with <|im_end|>; a plain LM with its end-of-text token."""
+        chat = CHAT_START in vocab and CHAT_END in vocab
+        return CHAT_END if chat else next((t for t in EOS_CANDIDATES if t in vocab), EOS_CANDIDATES[0])
 
     # ---------------------------------------------------------------- construction
 
@@ -84,6 +89,16 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike):
         self.hf.save(str(path))
+
+    def save_config(self, path: str | os.PathLike, chat_template: str, model_max_length: int):
+        """tokenizer_config.json for other tools (transformers' AutoTokenizer, chat UIs): the special tokens and
+        the chat template as Jinja, so they build exactly the prompts this model was trained on."""
+        import json
+
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self.eos_token,
+                  "pad_token": self.pad_token, "image_token": self.image_token, "bos_token": None,
+                  "model_max_length": model_max_length, "chat_template": chat_template}
+        Path(path).write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
     def configure(self, cfg: VLMConfig, multiple_of: int = 64) -> VLMConfig:
         """Return cfg with this tokenizer's special ids, and a decoder vocabulary large enough for every token
@@ -146,3 +161,38 @@ class Tokenizer:
             if use_chat:
                 add(self.encode("\n"), False)
         return ids, loss
+
+    def prompt_template(self, fusion: str, n_image_tokens: int) -> str:
+        """The Jinja chat template (Hugging Face conventions: `messages` with role/content, content a string or a
+        list of {"type": "image"} / {"type": "text", "text": ...} parts, `add_generation_prompt`) that renders
+        exactly what encode_conversation builds, each image part becoming its n_image_tokens placeholders."""
+        image = f"'{self.image_token}' * {n_image_tokens}"
+        content = ("{%- if message['content'] is string -%}{{- message['content'] -}}{%- else -%}"
+                   "{%- for part in message['content'] -%}{%- if part['type'] == 'image' -%}{{- " + image + " -}}"
+                   "{%- else -%}{{- part['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}")
+        if fusion == "placeholder" and self.has_chat_template:     # ChatML, as SmolLM2 and nanoVLM
+            return ("{%- for message in messages -%}{{- '" + CHAT_START + "' + message['role'] + '\\n' -}}" + content
+                    + "{{- '" + CHAT_END + "\\n' -}}{%- endfor -%}"
+                    "{%- if add_generation_prompt -%}{{- '" + CHAT_START + "assistant\\n' -}}{%- endif -%}")
+        # prefix: the user's text and a newline, then the answer and EOS
+        return ("{%- for message in messages -%}" + content
+                + "{%- if message['role'] == 'user' -%}{%- if message['content'] is string and message['content']"
+                  " or message['content'] is not string and message['content'][-1]['type'] == 'text' -%}"
+                  "{{- '\\n' -}}{%- endif -%}{%- else -%}{{- '" + self.eos_token + "' -}}{%- endif -%}"
+                  "{%- endfor -%}")
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            template: str | None = None) -> list[int]:
+        """Render messages with a Jinja chat template (by default the LM's own, e.g. from its GGUF) and encode the
+        result, special tokens written by the template included (unlike encode(), which never makes them)."""
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        template = template or self.chat_template
+        if template is None:
+            raise TokenizerError("this tokenizer has no chat template")
+        text = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, eos_token=self.eos_token)
+        if not hasattr(self, "_with_specials"):   # a twin that parses special tokens, so self.hf stays untouched
+            self._with_specials = HFTokenizer.from_str(self.hf.to_str())
+            self._with_specials.encode_special_tokens = False
+        return self._with_specials.encode(text, add_special_tokens=False).ids

@@ -42,6 +42,11 @@ class TrainConfig:
     out: str = "runs/demo"
     model: dict = field(default_factory=dict)     # model config overrides, e.g. {"decoder.n_layer": 2}
     tokenizer: str | None = None                  # a tokenizer.json; None -> train a BPE on the training texts
+    # Pretrained backbones (nanoVLM's recipe): a language model (HF Llama folder, .gguf file or Hub id) whose
+    # tokenizer and chat format the run uses, and optionally a SigLIP vision encoder (folder or Hub id).
+    # Pretrained parts then train at PRETRAINED_LR unless their lr_* is set; fresh parts (projector) at lr.
+    language: str | None = None
+    vision: str | None = None
     steps: int = 1500                             # optimizer steps
     batch_size: int = 32                          # samples per micro-batch (per process)
     grad_accum: int = 1                           # micro-batches per optimizer step
@@ -95,6 +100,8 @@ class TrainConfig:
         check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         check(self.num_workers <= 64 and self.threads <= 1024, "num_workers must be <= 64 and threads <= 1024")
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        check(self.vision is None or self.language is not None,
+              "a pretrained vision encoder (vision=...) needs a pretrained language model too (language=...)")
 
     @classmethod
     def from_options(cls, options: dict, where: str = "--set") -> "TrainConfig":
@@ -213,6 +220,21 @@ def build_tokenizer(tcfg: TrainConfig, model_cfg: VLMConfig, out: Path, rt: Runt
     return Tokenizer.from_file(own)
 
 
+PRETRAINED_LR = 5e-5   # nanoVLM's rate for its pretrained backbones; the fresh projector trains at lr (1e-3)
+
+
+def build_from_backbones(tcfg: TrainConfig) -> tuple[VisionLanguageModel, TrainConfig]:
+    """The preset's model with the pretrained language model (and vision encoder) of tcfg, and the recipe's
+    learning rates for the parts that came pretrained (where tcfg does not set them)."""
+    from .convert.backbones import build_vlm
+
+    model = build_vlm(tcfg.language, tcfg.vision, preset=tcfg.preset, overrides=tcfg.model)
+    pretrained = {"decoder": True, "vision": tcfg.vision is not None}
+    rates = {f"lr_{part}": PRETRAINED_LR for part, yes in pretrained.items()
+             if yes and getattr(tcfg, f"lr_{part}") is None}
+    return model, dataclasses.replace(tcfg, **rates)
+
+
 def build_optimizer(model: VisionLanguageModel, tcfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with one group per (module, decay) pair; frozen modules get no group. Norm weights and biases
     (1-D tensors) are not decayed."""
@@ -277,9 +299,14 @@ def train(tcfg: TrainConfig) -> dict:
     if tcfg.overwrite and not tcfg.resume and rt.is_main:
         clear_run_folder(out)
     barrier(rt)
-    tokenizer = build_tokenizer(tcfg, model_cfg, out, rt, records)
-    model_cfg = tokenizer.configure(model_cfg)
-    model = VisionLanguageModel(model_cfg).to(rt.device)
+    if tcfg.language:
+        model, tcfg = build_from_backbones(tcfg)
+        tokenizer, model_cfg, model = model.tokenizer, model.cfg, model.to(rt.device)
+    else:
+        tokenizer = build_tokenizer(tcfg, model_cfg, out, rt, records)
+        model_cfg = tokenizer.configure(model_cfg)
+        model = VisionLanguageModel(model_cfg).to(rt.device)
+    model.card["datasets"] = [Path(tcfg.data).resolve().name]
     optimizer = build_optimizer(model, tcfg)
 
     augmentation = Augmentation() if tcfg.augment else None

@@ -11,7 +11,11 @@ TRAIN_FLAGS = {"steps": "optimizer steps", "batch_size": "samples per micro-batc
                "lr": "base learning rate", "seed": "random seed", "num_workers": "DataLoader worker processes",
                "precision": "fp32, bf16 (autocast) or fp16 (CUDA)", "threads": "torch CPU threads (0 = torch's choice)",
                "device": "auto, cpu, cuda or cuda:N",
-               "tokenizer": "tokenizer.json to use instead of training a BPE on the data"}
+               "tokenizer": "tokenizer.json to use instead of training a BPE on the data",
+               "language": "pretrained language model: a Hugging Face Llama folder, a .gguf file or a Hub id; the "
+                           "run uses its tokenizer and chat format and trains it at a low rate (lr_decoder 5e-5)",
+               "vision": "pretrained SigLIP vision encoder: a Hugging Face folder or Hub id (with --language; "
+                         "lr_vision 5e-5); without it the preset's encoder starts fresh"}
 DEMO_FLAGS = {"n_scenes": ("--n", "scenes to draw"), "steps": ("--steps", "training steps"),
               "batch_size": ("--batch-size", "batch size"), "seed": ("--seed", "random seed"),
               "eval_scenes": ("--eval-scenes", "held-out scenes to score")}
