@@ -26,7 +26,7 @@ from . import checkpoint
 from .config import (ConfigError, VLMConfig, _check_choice, all_model_keys, did_you_mean, from_name,
                      typed_kwargs)
 from .data import format as fmt
-from .data.loader import Augmentation, EpochSampler, VLMDataset, collate
+from .data.loader import Augmentation, EpochSampler, VLMDataset, collate, collate_packed
 from .devices import resolve_device
 from .model.vlm import VisionLanguageModel
 from .progress import progress
@@ -68,6 +68,7 @@ class TrainConfig:
     select_by: str = "loss"
     select_questions: int = 200
     augment: bool = True
+    pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
     device: str = "auto"                          # auto | cpu | cuda
@@ -265,7 +266,8 @@ def make_loader(dataset: VLMDataset, tcfg: TrainConfig, rt: Runtime, pad_id: int
                            shuffle=shuffle)
     sampler.start_epoch, sampler.start_batch = divmod(skip_batches, sampler.batches_per_epoch())
     loader = DataLoader(dataset, batch_size=tcfg.batch_size, sampler=sampler, num_workers=tcfg.num_workers,
-                        collate_fn=partial(collate, pad_token_id=pad_id), persistent_workers=tcfg.num_workers > 0)
+                        collate_fn=partial(collate_packed, pad_token_id=pad_id, max_len=dataset.max_len) if tcfg.pack
+                        else partial(collate, pad_token_id=pad_id), persistent_workers=tcfg.num_workers > 0)
     return loader, sampler
 
 
@@ -381,7 +383,7 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
         # DDP: only the last micro-batch needs to all-reduce gradients
         sync = micro == tcfg.grad_accum - 1 or rt.world_size == 1
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(tcfg, rt.device):
-            _, loss = model(ids, images, labels=labels, return_logits=False)
+            _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()
@@ -391,6 +393,11 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
     scaler.step(optimizer)
     scaler.update()
     return all_reduce_mean(total_loss, rt), n_tokens
+
+
+def segments(batch: dict, rt: Runtime):
+    """The packed rows' segment ids on the device (pack=true), else None."""
+    return batch["segment_ids"].to(rt.device) if "segment_ids" in batch else None
 
 
 @torch.no_grad()
@@ -404,6 +411,7 @@ def evaluate_loss(model: VisionLanguageModel, loader: DataLoader, tcfg: TrainCon
         images = batch["images"].to(rt.device) if batch["images"] is not None else None
         with autocast(tcfg, rt.device):
             _, loss = model(batch["input_ids"].to(rt.device), images, labels=batch["labels"].to(rt.device),
+                            segment_ids=segments(batch, rt),
                             return_logits=False)
         losses.append(loss.item())
     return all_reduce_mean(sum(losses) / len(losses), rt)

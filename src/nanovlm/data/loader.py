@@ -97,6 +97,36 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
             "ids": [b["id"] for b in batch]}
 
 
+def collate_packed(batch: list[dict], pad_token_id: int, max_len: int) -> dict:
+    """Pack the batch's samples into as few rows of at most max_len tokens as first-fit allows (training with
+    pack=true). `segment_ids` numbers the samples of each row 1, 2, ... (0 = padding) so the model keeps each
+    sample's attention to itself and restarts its positions; images follow the placeholders' reading order."""
+    rows: list[list[dict]] = []
+    for sample in batch:
+        n = len(sample["input_ids"])
+        row = next((r for r in rows if sum(len(s["input_ids"]) for s in r) + n <= max_len), None)
+        if row is None:
+            rows.append([sample])
+        else:
+            row.append(sample)
+    width = max(sum(len(s["input_ids"]) for s in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    segment_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    images = []
+    for i, row in enumerate(rows):
+        start = 0
+        for segment, sample in enumerate(row, start=1):
+            end = start + len(sample["input_ids"])
+            input_ids[i, start:end], labels[i, start:end] = sample["input_ids"], sample["labels"]
+            segment_ids[i, start:end] = segment
+            if sample["images"] is not None:
+                images.append(sample["images"])
+            start = end
+    return {"input_ids": input_ids, "labels": labels, "segment_ids": segment_ids,
+            "images": torch.cat(images) if images else None, "ids": [s["id"] for row in rows for s in row]}
+
+
 class EpochSampler(Sampler):
     """Yields (index, epoch) in a fresh seeded permutation each epoch, sharded across DDP ranks, forever.
 

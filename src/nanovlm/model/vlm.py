@@ -88,19 +88,23 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool = True):
+                return_logits: bool = True, segment_ids: torch.Tensor | None = None):
         """input_ids, labels: (B, T); labels are the targets for each position's NEXT token already aligned with
         input_ids (label[t] is the token at t+1), -100 where no loss is taken. Returns (logits, loss or None).
 
         attention_mask (B, T) is needed only for left-padded batches; right padding needs no mask because the
         causal mask already keeps real tokens from seeing the padding after them.
+        segment_ids (B, T) marks packed rows (training with pack=true): several samples per row, numbered 1, 2, ...
+        (0 = padding); each sample then attends only to itself and its positions restart at 0.
 
         return_logits=False (training) returns (None, loss) and applies lm_head only to the positions that have a
         label: the (B, T, vocab) logits are the largest activation of the model, and in VQA most positions
         (image tokens, question, chat template) take no loss."""
         B, T = input_ids.shape
         x = self.embed(input_ids, images)
-        if attention_mask is None:
+        if segment_ids is not None:
+            position_ids, mask = packed_positions_and_mask(segment_ids)
+        elif attention_mask is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
             mask = None
         else:
@@ -297,6 +301,20 @@ class GenerationStep:
     logprobs: torch.Tensor
     finished_before: torch.Tensor
     logits: torch.Tensor | None = None
+
+
+def packed_positions_and_mask(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed rows (B, T) of segment ids, e.g. 1 1 1 2 2 0 0: positions restart at 0 in every segment, and a token
+    sees only the earlier tokens of its own segment (block-diagonal causal mask (B, 1, T, T)). Padding (0) sees
+    padding, so no row of the mask is empty (an empty row would make NaNs)."""
+    B, T = segment_ids.shape
+    index = torch.arange(T, device=segment_ids.device).expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    segment_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]                     # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    return index - segment_start, (same_segment & causal)[:, None]
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
