@@ -52,8 +52,17 @@ class ChatSettings:
     def __post_init__(self):
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ConfigError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
+        if self.max_retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ConfigError(f"max_retries and backoff times must be >= 0, got max_retries={self.max_retries}, "
+                              f"backoff_s={self.backoff_s}, backoff_max_s={self.backoff_max_s}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout_s}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.model:
+            raise ConfigError("model must be a model name the endpoint serves, e.g. gpt-4o")
 
     def prices(self) -> tuple[float, float] | None:
         """(input, output) USD per million tokens, or None when unknown (a local model)."""
@@ -128,6 +137,11 @@ def _retryable(error: Exception) -> bool:
     return False
 
 
+def _unreachable(error: Exception) -> bool:
+    openai = _openai()
+    return isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
+
+
 class MalformedAnswer(ValueError):
     """A 200 answer that is not a usable Chat Completions object (no choices, no message text)."""
 
@@ -167,8 +181,12 @@ def chat(client, settings: ChatSettings, messages: list[dict], usage: Usage | No
                 raise ChatError(f"{settings.base_url or 'api.openai.com'} model {settings.model}: "
                                 f"{type(error).__name__}: {error}") from error
             if attempt == settings.max_retries:
-                raise RetriesExhausted(f"{settings.base_url or 'api.openai.com'} model {settings.model}: gave up after "
-                                f"{attempt + 1} attempts; last error {type(error).__name__}: {error}") from error
+                if _unreachable(error):   # no answer at all, every time: the endpoint is wrong or down, stop
+                    raise ChatError(f"cannot reach {settings.base_url or 'api.openai.com'} ({error}); check "
+                                    "--base-url and that the server is running") from error
+                raise RetriesExhausted(f"{settings.base_url or 'api.openai.com'} model {settings.model}: gave up "
+                                       f"after {attempt + 1} attempts; last error {type(error).__name__}: {error}"
+                                       ) from error
             usage.add(retries=1)
             sleep(backoff_seconds(attempt, settings, error))
     raise AssertionError("unreachable")

@@ -21,7 +21,7 @@ from .chat import ChatSettings
 from .config import ConfigError, from_name
 from .data import format as fmt
 from .data.synth import make_scenes
-from .train import TrainConfig, split_overrides, train
+from .train import TrainConfig, train
 
 LONG_QUESTION = "Describe the picture in detail."   # the long scenes' user turn: one model, two lengths
 BUDGETS = ("time", "steps")
@@ -60,8 +60,9 @@ class PaperConfig:
             raise ConfigError(f"sizes must be distinct presets, got {self.sizes}")
         for size in self.sizes:
             from_name(size)   # an unknown preset fails now, not after an hour of training
-        if self.minutes <= 0 or self.steps < 1 or self.calibration_steps < 1 or self.eval_samples < 1:
+        if not self.minutes > 0 or self.steps < 1 or self.calibration_steps < 1 or self.eval_samples < 1:
             raise ConfigError("minutes must be > 0 and steps, calibration_steps, eval_samples >= 1")
+        TrainConfig.from_options(dict(self.train_overrides), where="--set")   # unknown keys, bad values: now
 
 
 # -----------------------------------------------------------------------------
@@ -95,22 +96,17 @@ def prepare_scenes(cfg: PaperConfig, log=print) -> Path:
 # -----------------------------------------------------------------------------
 # training
 
-def model_overrides(cfg: PaperConfig, size: str) -> dict:
-    overrides = {}
-    if from_name(size).vision.image_size != cfg.image_size:
-        overrides["vision.image_size"] = cfg.image_size
-    overrides["projector.source"] = cfg.image_tokens
-    return {**overrides, **split_overrides(cfg.train_overrides)[1]}
-
-
 def train_config(cfg: PaperConfig, size: str, data: Path, steps: int, out: Path, **changes) -> TrainConfig:
-    train_kw, _ = split_overrides(cfg.train_overrides)
-    settings = dict(preset=size, data=str(data), out=str(out), steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                    lr_vision=cfg.lr_vision, lr_projector=cfg.lr_vision, seed=cfg.seed,
-                    warmup_steps=max(1, min(100, steps // 10)), eval_every=max(1, steps // 10),
-                    # a flipped picture would name its objects right to left, against the descriptions' order
-                    augment=False, overwrite=True, progress=cfg.progress)
-    return TrainConfig(**{**settings, **train_kw, **changes}, model=model_overrides(cfg, size))
+    """One size's training run: the sweep's settings, then --set options (typed by TrainConfig), then `changes`."""
+    settings = {"preset": size, "data": str(data), "out": str(out), "steps": steps, "batch_size": cfg.batch_size,
+                "lr": cfg.lr, "lr_vision": cfg.lr_vision, "lr_projector": cfg.lr_vision, "seed": cfg.seed,
+                "warmup_steps": max(1, min(100, steps // 10)), "eval_every": max(1, steps // 10),
+                # a flipped picture would name its objects right to left, against the descriptions' order
+                "augment": False, "overwrite": True, "progress": cfg.progress,
+                "projector.source": cfg.image_tokens}
+    if from_name(size).vision.image_size != cfg.image_size:
+        settings["vision.image_size"] = cfg.image_size
+    return TrainConfig.from_options({**settings, **cfg.train_overrides, **changes}, where="paper")
 
 
 def steps_for(cfg: PaperConfig, size: str, data: Path, log=print) -> tuple[int, float | None]:

@@ -65,6 +65,11 @@ class DescribeConfig:
             raise ConfigError(f'image_mode must be "copy" or "symlink", got {self.image_mode!r}')
         if self.quality_attempts < 1:
             raise ConfigError(f"quality_attempts must be >= 1, got {self.quality_attempts}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 (or left out for all records), got {self.limit}")
+        if self.common_words < 100:
+            raise ConfigError(f"common_words must be >= 100 (a child knows a few thousand words), got "
+                              f"{self.common_words}")
         if not 0.0 <= self.max_rare_share <= 1.0:
             raise ConfigError(f"max_rare_share must be between 0 and 1, got {self.max_rare_share}")
 
