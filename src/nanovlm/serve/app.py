@@ -273,6 +273,8 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
     def make_job(turns: list[dict], images, generation, stream=False) -> Job:
         n_image_tokens = len(images) * model.cfg.image_tokens_per_image
         ids, _ = tokenizer.encode_conversation(turns, n_image_tokens, fusion=model.cfg.fusion, for_generation=True)
+        if not ids:
+            raise bad_request("the prompt is empty: give an image, a question or the start of an answer")
         try:
             check_context(model.cfg, len(ids), generation.max_new_tokens)
         except ConfigError as e:
