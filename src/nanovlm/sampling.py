@@ -48,8 +48,8 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Greedy when temperature == 0, otherwise draw from the filtered, tempered distribution."""
-    if temperature == 0:
-        return greedy(logits)
+    if temperature < torch.finfo(torch.float32).tiny:
+        return greedy(logits)   # 0, or so small it rounds to 0 in float32: greedy is the limit of sampling
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
