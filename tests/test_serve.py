@@ -112,6 +112,7 @@ def _forged_png(width, height) -> bytes:
     ("truncated", 400, "damaged"), ("long_prompt", 400, "characters"), ("max_tokens", 400, "cap"),
     ("context", 400, "context"), ("bad_base64", 400, "base64"), ("url", 400, "does not fetch"),
     ("body", 413, "body"), ("content_type", 415, "multipart"), ("temperature", 422, "temperature"),
+    ("tiny_temperature", 400, "at least"),      # found by the fuzz run: logits / 1e-229 made NaN probabilities
 ])
 def test_each_bad_input_is_a_4xx_saying_what_is_wrong(model, model_dir, case, status, words):
     cfg = serve_config(model_dir, max_pixels=100_000_000, max_body_bytes=200_000, max_new_tokens=500)
@@ -141,6 +142,8 @@ def test_each_bad_input_is_a_4xx_saying_what_is_wrong(model, model_dir, case, st
         content, headers = b"image=1", {"content-type": "application/x-www-form-urlencoded"}
     elif case == "temperature":
         body["temperature"] = -1
+    elif case == "tiny_temperature":
+        body["temperature"] = 1.2e-229
     with TestClient(create_app(model, cfg)) as c:
         r = c.post("/v1/complete", json=None if content else body, content=content, headers=headers)
         assert r.status_code == status, r.text

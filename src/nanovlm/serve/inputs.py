@@ -14,6 +14,7 @@ from ..config import ConfigError
 from ..images import to_rgb
 from ..sampling import GenerationConfig
 
+MIN_TEMPERATURE = 0.01
 ALLOWED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "GIF": "GIF", "BMP": "BMP"}
 
 
@@ -102,6 +103,10 @@ def generation_config(params, max_new_tokens_cap: int, default_max_new_tokens: i
     if max_tokens > max_new_tokens_cap:
         raise bad_request(f"max_tokens {max_tokens} is above this server's cap of {max_new_tokens_cap}",
                           "max_tokens")
+    if 0 < (params.temperature or 0) < MIN_TEMPERATURE:
+        # logits / 1e-200 overflow to inf and the sampler's probabilities become NaN
+        raise bad_request(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {params.temperature}",
+                          "temperature")
     stop = params.stop
     if isinstance(stop, str):
         stop = [stop]
