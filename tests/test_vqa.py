@@ -60,3 +60,30 @@ def test_records_without_types_and_with_human_answers():
                           "meta": {"question_type": "how many", "questions": [{"answers": ["2", "2", "3"]}]}})
     assert typed[0].meta["type"] == "how many" and typed[0].reference == ["2", "2", "3"]
     assert scorer.score("two", typed[0])["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_multi_image_and_text_only_questions_run_on_a_real_model(tmp_path):
+    """Cauldron-style records (two images, none) go through the runner and `complete` on a tiny model."""
+    from PIL import Image
+
+    from nanovlm.config import from_name
+    from nanovlm.data.format import write_records
+    from nanovlm.evaluate import evaluate
+    from nanovlm.model.vlm import VisionLanguageModel
+    from nanovlm.tokenizer import Tokenizer
+
+    (tmp_path / "images").mkdir()
+    for name, size in (("a", (40, 30)), ("b", (20, 50))):
+        Image.new("RGB", size, "red").save(tmp_path / "images" / f"{name}.png")
+    write_records(tmp_path, [
+        {"id": "two", "images": ["images/a.png", "images/b.png"], "split": "test",
+         "texts": [{"user": "Which is taller?", "assistant": "the second"}, {"user": "Colour?", "assistant": "red"}]},
+        {"id": "none", "images": [], "split": "test", "texts": [{"user": "Say yes.", "assistant": "yes"}]},
+        {"id": "one", "images": ["images/a.png"], "split": "test", "texts": [{"user": "Colour?", "assistant": "red"}]},
+    ])
+    tokenizer = Tokenizer.train(["Which is taller? the second Colour? red Say yes. yes"] * 5, vocab_size=280)
+    model = VisionLanguageModel(tokenizer.configure(from_name("tiny", {"max_images": 2}))).eval()
+    model.tokenizer = tokenizer
+    result = evaluate(model, tmp_path, "vqa", batch_size=4, progress=False)
+    assert [s["id"] for s in result["samples"]] == ["two#0", "two#1", "none#0", "one#0"]
+    assert result["summary"]["questions"] == 4 and [len(s["images"]) for s in result["samples"]] == [2, 2, 0, 1]
