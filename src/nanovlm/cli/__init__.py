@@ -39,8 +39,24 @@ def build_parser() -> ArgumentParser:
         groups[name] = group.add_subparsers(dest=f"{name}_command", required=True, metavar="TASK" if name == "eval"
                                             else "SOURCE")
     for module in COMMAND_MODULES:
-        importlib.import_module(f".{module}", __name__).register(sub, groups)
+        try:
+            importlib.import_module(f".{module}", __name__).register(sub, groups)
+        except ModuleNotFoundError as e:       # an optional extra (fastapi, openai, ...) is not installed
+            add_unavailable(sub, module, e.name)
     return parser
+
+
+def add_unavailable(sub, command: str, missing: str):
+    """A command whose optional dependencies are missing still shows in --help and says how to get them."""
+    from ..config import ConfigError
+
+    def fail(args):
+        raise ConfigError(f"`nanovlm {command}` needs the Python package {missing!r}, which is not installed: "
+                          f"pip install 'nanovlm[serve,paper,data]'")
+
+    p = sub.add_parser(command, help=f"(unavailable: {missing} is not installed)", add_help=False)
+    p.add_argument("rest", nargs="*")
+    p.set_defaults(func=fail)
 
 
 def main(argv: list[str] | None = None) -> int:
