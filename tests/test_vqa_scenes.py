@@ -122,3 +122,14 @@ def test_vqa_scorer_on_scenes_reports_every_type_and_both_wordings(tmp_path, mon
     assert set(summary["by_type"]) <= set(QUESTION_TYPES) and len(summary["by_type"]) >= 6
     assert set(summary["by_wording"]) == {"seen wording", "held-out wording"}
     assert json.dumps(summary)   # plain JSON for the report
+
+
+def test_held_out_wordings_use_only_words_the_training_wordings_teach():
+    def words(template):
+        return set(re.sub(r"\{\w+\}", " ", template).lower().replace("?", " ").replace(",", " ")
+                   .replace(".", " ").split())
+
+    taught = set().union(*(words(t) for templates in QUESTION_TEMPLATES.values() for t in templates[:-1]))
+    for kind, templates in QUESTION_TEMPLATES.items():
+        assert words(templates[-1]) <= taught, (kind, words(templates[-1]) - taught)
+        assert templates[-1] not in templates[:-1]

@@ -713,19 +713,20 @@ def split_opening(text: str) -> tuple[str, str]:
 
 # Question wordings per type. The LAST wording of each type is held out: training and validation scenes never use
 # it, test scenes do (meta.questions[k].heldout_template), so an evaluation can tell "understood the question" from
-# "memorised the sentence". Slots: {noun} (singular or plural, as many as there are), {be} (is/are), {plural},
-# {color}, {thing} ("a red ball"), {place} ("on the left"), {first}/{second} (plurals).
+# "memorised the sentence". A held-out wording uses only words the other wordings teach (a model trained from
+# scratch has never seen any other word), in a new order. Slots: {noun} (singular or plural, as many as there
+# are), {be} (is/are), {plural}, {color}, {thing} ("a red ball"), {place} ("on the left"), {first}/{second}.
 QUESTION_TEMPLATES = {
     "color": ("What color {be} the {noun}?", "What is the color of the {noun}?", "Which color {be} the {noun}?",
-              "Tell me the color of the {noun}."),
+              "The {noun} {be} which color?"),
     "shape": ("What is the {color} thing?", "What shape is the {color} thing?", "Which thing is {color}?"),
     "count": ("How many {plural} are there?", "How many {plural} can you see?", "How many {plural} are in the picture?",
-              "Count the {plural}."),
+              "How many {plural} do you see?"),
     "count_color": ("How many {color} things are there?", "How many things are {color}?",
-                    "Count the {color} things."),
+                    "How many {color} things can you see?"),
     "position": ("Where {be} the {noun}?", "Where {be} the {noun} in the picture?",
-                 "In which part of the picture {be} the {noun}?"),
-    "object_at": ("What is {place}?", "What do you see {place}?", "Name the thing {place}."),
+                 "In the picture, where {be} the {noun}?"),
+    "object_at": ("What is {place}?", "What do you see {place}?", "Which thing is {place}?"),
     "exist": ("Is there {thing}?", "Can you see {thing}?", "Do you see {thing}?", "Is {thing} in the picture?"),
     "compare": ("Are there more {first} than {second}?", "Is the number of {first} bigger than the number of {second}?",
                 "Do you see more {first} than {second}?"),
