@@ -122,9 +122,12 @@ class ImageStore:
         self.reused = 0
 
     def add(self, image, base: Path, where: str) -> str:
-        data = image.get("bytes") if isinstance(image, dict) else None
-        if data is None and isinstance(image, dict) and image.get("path"):
-            source = base / image["path"]   # a parquet that points at files next to it
+        data = image if isinstance(image, (bytes, bytearray)) else (image.get("bytes") if isinstance(image, dict)
+                                                                     else None)
+        if data is None and isinstance(image, dict) and isinstance(image.get("path"), str) and image["path"]:
+            source = (base / image["path"]).resolve()   # a parquet that points at files next to it
+            if not source.is_relative_to(base.resolve()):
+                raise DatasetFormatError(f"{where}: image path {image['path']!r} leads outside {base}")
             if not source.is_file():
                 raise DatasetFormatError(f"{where}: the image has no bytes and its path {source} does not exist. "
                                          "Use parquet files with embedded images")
@@ -156,6 +159,10 @@ def _record(row: dict, row_id: str, images: list[str], where: str, meta: dict) -
         raise DatasetFormatError(f"{where}: 'texts' must be a list of {{user, assistant, source}}, got {turns!r:.80}")
     texts, sources = [], []
     for turn in turns:
+        if not isinstance(turn, dict) or not all(isinstance(turn.get(k), (str, type(None)))
+                                                 for k in ("user", "assistant", "source")):
+            raise DatasetFormatError(f"{where}: every turn of 'texts' must be {{user, assistant, source}} strings, "
+                                     f"got {turn!r:.80}")
         user, answer = (turn.get("user") or ""), (turn.get("assistant") or "")
         if answer.strip():
             texts.append({"user": user, "assistant": answer})
