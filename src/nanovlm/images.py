@@ -48,7 +48,9 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     _check_is_regular_file(path)
     try:
         with warnings.catch_warnings():
-            # Pillow warns (and later errors) about images above its own limit; either way it is one clear error
+            # Pillow's notes about odd but usable files ("Corrupt EXIF data") are not the user's business ...
+            warnings.simplefilter("ignore", UserWarning)
+            # ... but a warning about an image above its own pixel limit is our one clear error (as is its error)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:                 # reads the header only
                 _check_pixel_count(path, image.size, max_pixels)
