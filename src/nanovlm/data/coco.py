@@ -23,8 +23,7 @@ import time
 import warnings
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
+from ..progress import progress as progress_bar
 from .format import DESCRIBE_PROMPT, RECORDS_FILE, DatasetFormatError, assign_split, write_records
 
 
@@ -151,7 +150,7 @@ def import_coco(annotations_json, images_dir, out, seed: int = 0, val_fraction: 
 
     test_ids = _test_slice(keep, seed, test_size)
     records, splits = [], {"train": 0, "val": 0, "test": 0}
-    for image_id in tqdm(keep, desc="coco", unit="img", disable=not progress):
+    for image_id in progress_bar(keep, desc="coco", unit="img", enabled=progress):
         file_name = images[image_id]["file_name"]
         _place_image(images_dir / file_name, out / "images" / file_name, image_mode)
         split = "test" if image_id in test_ids else assign_split(f"coco-{image_id}", seed,
