@@ -49,7 +49,7 @@ def expected_answer(kind: str, slots: dict, scene: dict) -> str:
             [g] = [g for g in groups if g.get("on") == place[7:]]
             return g["shape"]
         position = {"on the left": "left", "on the right": "right", "in the middle": "middle", "in the sky": "top"}
-        [g] = [g for g in groups if g["position"] == position[place] and "on" not in g]
+        [g] = [g for g in groups if g["position"] == position[place]]   # the only thing there
         return g["shape"] if g["count"] == 1 else SHAPES[g["shape"]].plural
     if kind == "exist":
         words = slots["thing"].split()[1:]

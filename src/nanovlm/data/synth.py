@@ -768,8 +768,8 @@ def _question_choices(scene: dict, rng: random.Random) -> dict[str, list[tuple[d
         out["count"].append(({"plural": SHAPES[shape].plural}, "zero"))
         out["exist"].append(({"thing": f"{_article(shape)} {shape}"}, "no"))
     for position, place in PLACE_WORDS.items():
-        here = [g for g in groups if g["position"] == position and "on" not in g]
-        if len(here) == 1:   # ask only where the answer is one thing
+        here = [g for g in groups if g["position"] == position]   # a rider shares its support's place
+        if len(here) == 1:   # ask only where the answer is one thing ("a box with a cat on it" is two)
             g = here[0]
             out["object_at"].append(({"place": place}, g["shape"] if g["count"] == 1 else SHAPES[g["shape"]].plural))
     for color in COLORS:
