@@ -62,6 +62,18 @@ def test_generate_steps_yields_what_generate_returns(model):
     assert all(s.logprobs.shape == (1,) and float(s.logprobs) <= 0 for s in steps)
 
 
+def test_prepacked_decode_weights_give_the_same_tokens(model):
+    model = model.to(torch.bfloat16)
+    packed = model.pack_decode_weights()
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.decoder.modules())
+        assert len(packed) == n_linear
+    prompt, image = torch.cat([_prompt(model)] * 2), torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+    plain = model.generate(prompt, image, max_new_tokens=8, eos_token_id=-1)
+    assert torch.equal(model.generate(prompt, image, max_new_tokens=8, eos_token_id=-1, packed_weights=packed), plain)
+    assert torch.backends.mkldnn.enabled
+
+
 # ------------------------------------------------------------------------------------------ endpoints
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..config import DecoderConfig
-from .layers import MLP, Attention, SwiGLU, make_norm, rope_cos_sin
+from .layers import MLP, Attention, SwiGLU, linear, make_norm, rope_cos_sin
 
 
 class DecoderBlock(nn.Module):
@@ -21,9 +21,10 @@ class DecoderBlock(nn.Module):
         else:
             self.mlp = MLP(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias, dropout=cfg.dropout)
 
-    def forward(self, x, rope=None, mask=None, cache=None, cache_start: int = 0):
-        x = x + self.attn(self.norm1(x), causal=True, rope=rope, mask=mask, cache=cache, cache_start=cache_start)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, rope=None, mask=None, cache=None, cache_start: int = 0, packed=None):
+        x = x + self.attn(self.norm1(x), causal=True, rope=rope, mask=mask, cache=cache, cache_start=cache_start,
+                          packed=packed)
+        return x + self.mlp(self.norm2(x), packed=packed)
 
 
 class Decoder(nn.Module):
@@ -40,12 +41,13 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, mask=None, caches=None, cache_start: int = 0,
-                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
+                last_only: bool = False, return_hidden: bool = False, packed=None) -> torch.Tensor:
         """x: (B, T, C) input embeddings; position_ids: (B, T); mask: None (plain causal) or a boolean
         (B, 1, T, S) mask of the keys each query may see. Returns logits (B, T, vocab), or (B, 1, vocab)
         for the last position only when last_only (generation does not need the others), or the final
         normalised hidden states (B, T, C) when return_hidden (the loss applies lm_head to some positions only).
-        caches: one KVCache per block (generation), written at cache_start onwards; None = no cache."""
+        caches: one KVCache per block (generation), written at cache_start onwards; None = no cache.
+        packed: prepacked Linear weights (layers.pack_linear_weights) for this call, or None."""
         rope = None
         if self.pos_emb is not None:
             assert int(position_ids.max()) < self.cfg.max_seq_len, \
@@ -55,8 +57,9 @@ class Decoder(nn.Module):
             rope = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope=rope, mask=mask, cache=None if caches is None else caches[i], cache_start=cache_start)
+            x = block(x, rope=rope, mask=mask, cache=None if caches is None else caches[i], cache_start=cache_start,
+                      packed=packed)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        return x if return_hidden else self.lm_head(x)
+        return x if return_hidden else linear(self.lm_head, x, packed)

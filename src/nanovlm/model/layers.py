@@ -33,8 +33,9 @@ class MLP(nn.Module):
         self.approximate = approximate
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+    def forward(self, x, packed: dict | None = None):
+        hidden = F.gelu(linear(self.fc, x, packed), approximate=self.approximate)
+        return self.dropout(linear(self.proj, hidden, packed))
 
 
 class SwiGLU(nn.Module):
@@ -47,8 +48,9 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+    def forward(self, x, packed: dict | None = None):
+        return self.dropout(linear(self.down, F.silu(linear(self.gate, x, packed)) * linear(self.up, x, packed),
+                                   packed))
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -69,6 +71,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     roll swaps the halves to (x2, x1) and signed_sin = (-sin, sin) supplies the signs: three kernels instead of
     the six of cat(-x2, x1), which counts when decoding (two calls per layer per token)."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+def pack_linear_weights(module: nn.Module) -> dict[nn.Linear, torch.Tensor]:
+    """The weights of every bf16 CPU nn.Linear in `module`, reordered ONCE into oneDNN's blocked layout, for
+    linear(..., packed): {layer: packed weight}. Empty where oneDNN has no bf16 kernels (then nothing changes).
+
+    Why: for the one-row products of decoding, plain F.linear makes oneDNN reorder the whole weight on every call,
+    which costs more than the product. With packed weights the same kernel gives the same numbers 1.5-2.5x faster
+    (AVX512-BF16 CPU, torch 2.13: 98 -> 40 us for a 1536 x 576 weight, one row). The packed copies are a second
+    copy of those weights, owned by whoever asked for them and passed to each call: nothing is set on the modules
+    and no process-wide switch is flipped (the earlier way turned oneDNN off for the whole process while decoding)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return {}
+    return {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 1) for m in module.modules()
+            if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.bfloat16}
+
+
+def linear(layer: nn.Linear, x: torch.Tensor, packed: dict | None = None) -> torch.Tensor:
+    """layer(x), through the layer's prepacked weight when `packed` (from pack_linear_weights) has one."""
+    weight = packed.get(layer) if packed else None
+    if weight is None or x.dtype != torch.bfloat16:
+        return layer(x)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "none", [], "")
 
 
 class KVCache:
@@ -108,11 +134,12 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, causal: bool, rope=None, mask=None, cache: KVCache | None = None, cache_start: int = 0):
+    def forward(self, x, causal: bool, rope=None, mask=None, cache: KVCache | None = None, cache_start: int = 0,
+                packed: dict | None = None):
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)       # (B, H, T, D)
-        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)    # (B, Hkv, T, D)
-        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = linear(self.q, x, packed).view(B, T, self.n_head, self.head_dim).transpose(1, 2)       # (B, H, T, D)
+        k = linear(self.k, x, packed).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)    # (B, Hkv, T, D)
+        v = linear(self.v, x, packed).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -137,4 +164,4 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
                                                enable_gqa=group > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)           # (B, T, H*D)
-        return self.resid_dropout(self.out(y))
+        return self.resid_dropout(linear(self.out, y, packed))
