@@ -183,3 +183,18 @@ def test_generators_make_well_formed_values():
     assert f.money(123456789) == "1,234,567.89" and f.money(-5, grouped=False) == "-0.05"
     assert len(f.CULTURES) >= 8
     assert len({f.person_name(rng) for _ in range(50)}) > 40
+
+
+def test_read_curriculum_shows_only_the_field(tmp_path):
+    make_documents(tmp_path, n=3, styles=["read"], progress=False)
+    records = read_records(tmp_path)
+    assert len(records) == 3 * 2 and {r["meta"]["style"] for r in records} == {"read"}
+    for record in records:
+        (key, value), = record["meta"]["fields"].items()
+        assert record["texts"] == [{"user": "Read the text.", "assistant": value}]
+        page = np.asarray(Image.open(tmp_path / record["images"][0]).convert("L"), dtype=np.float32)
+        x0, y0, x1, y1 = record["meta"]["boxes"][key]
+        assert _ink_in(page, [x0, y0, x1, y1]) > 60
+        outside = page.copy()
+        outside[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4] = np.median(page)
+        assert np.abs(outside - np.median(page)).max() < 40, "ink outside the field's box"

@@ -96,15 +96,15 @@ def test_summary_rates_per_field_and_kind():
 
 
 def test_scorer_items_for_each_style(tmp_path):
-    make_documents(tmp_path, n=3, styles=["fields", "qa", "checks"], progress=False)
+    make_documents(tmp_path, n=3, styles=["fields", "qa", "checks", "read"], progress=False)
     from nanovlm.data.format import read_records
 
     scorer = FieldsScorer()
     records = read_records(tmp_path)
-    assert sum(len(scorer.items(r)) for r in records) == 3 + 9 + 3
+    assert sum(len(scorer.items(r)) for r in records) == 3 + 9 + 3 + 6
     for record in records:
         items = scorer.items(record)
-        if record["meta"]["style"] == "qa":
+        if record["meta"]["style"] in ("qa", "read"):
             assert [i.reference for i in items] == [{q["key"]: t["assistant"]} for q, t in
                                                     zip(record["meta"]["questions"], record["texts"])]
             assert all(i.meta["plain"] for i in items)

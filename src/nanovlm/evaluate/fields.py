@@ -5,7 +5,7 @@ answer is parsed as JSON and every requested field is compared with the ground t
 - field exact match (the value exactly as printed), whole-document exact match (every field right),
 - character error rate (Levenshtein distance / length of the true value; a missing field counts 1.0),
 - invalid-JSON rate (answers that are not one JSON object: all their fields count wrong).
-`qa` records are scored too, each answer as one field (the key the question asks about).
+`qa` and `read` records are scored too, each answer as one field (the key the question asks about).
 
 Confidence: the probability the model gives to a field's value, i.e. the product of the probabilities of the
 tokens that spell it, from one teacher-forced forward pass over the answer it generated. Calibration then reads:
@@ -176,6 +176,7 @@ class FieldsScorer(Scorer):
     description = ("extract fields of synthetic documents as JSON (and answer their checks and questions); per-field "
                    "and whole-document exact match, character error rate, invalid JSON, confidence calibration")
     max_new_tokens = 160
+    headline = "field_exact"        # what `nanovlm train --set select_by=fields` keeps the best checkpoint by
     options = {"confidence": {"help": "1: give every field the model's confidence (one extra forward pass per "
                                       "answer) and report calibration; 0: skip it", "default": 1, "type": int}}
     model, data = None, None
@@ -192,7 +193,7 @@ class FieldsScorer(Scorer):
             return [Item(id=record["id"], images=record["images"], question=turn["user"], reference=meta["answer"],
                          meta={**group, "plain": False})]
         questions = meta.get("questions")
-        if meta.get("style") == "qa" and isinstance(questions, list):
+        if meta.get("style") in ("qa", "read") and isinstance(questions, list):
             return [Item(id=f"{record['id']}#{k}", images=record["images"], question=turn["user"],
                          reference={q["key"]: q["answer"]}, meta={**group, "plain": True})
                     for k, (turn, q) in enumerate(zip(record["texts"], questions))]

@@ -10,17 +10,19 @@ anomalies and the check answers, so a scorer or a test can verify anything the p
 """
 from __future__ import annotations
 
+import io
 import random
 import time
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 from ...config import ConfigError
 from ..format import RECORDS_FILE, SPLITS, assign_split, write_records
 from .kinds import KINDS, Document, plan_document
 from .layouts import LAYOUTS, draw_page
-from .records import STYLES, texts_for
+from .records import READ_PROMPT, STYLES, masked_pages, texts_for
 from .render import scan
 
 DEFAULT_SIZE = (384, 256)   # width, height: a landscape slip; the documents preset reads it at 256 x 256
@@ -58,6 +60,22 @@ def render_document(doc: Document, layout: str, width: int, height: int, rng: ra
         meta["transactions"] = [{col: {"value": cell["value"], "box": moved.get(f"row:{i}:{col}")}
                                  for col, cell in row.items()} for i, row in enumerate(rows)]
     return jpeg, meta
+
+
+def _read_records(out: Path, doc: Document, jpeg: bytes, meta: dict, doc_id: str, split: str,
+                  rng: random.Random) -> list[dict]:
+    """The `read` curriculum records of one document, each with its own masked page (see masked_pages)."""
+    page = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    records = []
+    for key, masked in masked_pages(doc, page, meta["boxes"], rng):
+        image = f"images/{doc_id}-{key}.jpg"
+        masked.save(out / image, format="JPEG", quality=92)
+        records.append({"id": f"{doc_id}-read-{key}", "images": [image],
+                        "texts": [{"user": READ_PROMPT, "assistant": doc.values[key]}], "split": split,
+                        "meta": {"document": doc_id, "style": "read", "kind": doc.kind, "layout": meta["layout"],
+                                 "fields": {key: doc.values[key]}, "boxes": {key: meta["boxes"][key]},
+                                 "questions": [{"key": key, "answer": doc.values[key]}]}})
+    return records
 
 
 def check_arguments(kinds, n: int, styles, layouts, width: int, height: int, split: str | None,
@@ -117,6 +135,9 @@ def make_documents(out, kinds=KINDS, n: int = 1000, styles=("fields",), layouts=
         (out / image).write_bytes(jpeg)
         doc_split = split or assign_split(doc_id, seed)
         for style in styles:
+            if style == "read":
+                records.extend(_read_records(out, doc, jpeg, meta, doc_id, doc_split, rng))
+                continue
             texts, truth = texts_for(doc, style, rng)
             records.append({"id": doc_id if len(styles) == 1 else f"{doc_id}-{style}", "images": [image],
                             "texts": texts, "split": doc_split,

@@ -3,6 +3,7 @@
 - fields: "Extract as JSON: name, pan" -> one JSON object with exactly those keys, values as printed
 - qa:     questions a client or reviewer asks ("What quantity was traded?") -> the printed value
 - checks: "Check as JSON: signature_present, date_format_valid, totals_match" -> {"signature_present": true, ...}
+- read:   a curriculum for reading: the page with everything but one field's value blanked out -> that value
 fields and checks answers are JSON so that one scorer (nanovlm.evaluate.fields) reads both.
 """
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
+from PIL import Image
+
 from .kinds import Document
 
-STYLES = ("fields", "qa", "checks")
+STYLES = ("fields", "qa", "checks", "read")
 FIELDS_PROMPT = "Extract as JSON: "
 CHECKS_PROMPT = "Check as JSON: "
+READ_PROMPT = "Read the text."
+READ_PER_DOCUMENT = 2
 
 QUESTIONS = {
     "name": ("What is the applicant's name?", "Whose form is this?"),
@@ -76,5 +82,23 @@ def texts_for(doc: Document, style: str, rng: random.Random) -> tuple[list[dict]
     if style == "checks":
         turn, truth = checks_turn(doc)
         return [turn], {"answer": truth}
+    if style == "read":
+        raise ValueError("the read style makes its own images: use masked_pages()")
     turns, questions = qa_turns(doc, rng)
     return turns, {"questions": questions}
+
+
+def masked_pages(doc: Document, page: Image.Image, boxes: dict, rng: random.Random) -> list[tuple[str, Image.Image]]:
+    """The `read` curriculum: for a few fields, the scanned page with everything outside the field's value box
+    painted over in the paper's colour. Same scale and place as on the full page, so what the vision encoder
+    learns here (the shapes of characters) is what it needs there; one text on the page, so the decoder only has
+    to copy it."""
+    paper = tuple(int(c) for c in np.median(np.asarray(page).reshape(-1, 3), axis=0))
+    out = []
+    for key in rng.sample(sorted(boxes), min(READ_PER_DOCUMENT, len(boxes))):
+        x0, y0, x1, y1 = boxes[key]
+        region = (max(0, x0 - 2), max(0, y0 - 2), min(page.width, x1 + 2), min(page.height, y1 + 2))
+        masked = Image.new("RGB", page.size, paper)
+        masked.paste(page.crop(region), region[:2])
+        out.append((key, masked))
+    return out
