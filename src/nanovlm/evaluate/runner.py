@@ -30,7 +30,8 @@ The module is found by name (`get_scorer("exact")` imports nanovlm.evaluate.exac
 `nanovlm eval exact --model M --data D` works (with --limit, --batch-size, --json, --report). A task that needs
 settings declares them in `options` ({"judge_url": {"help": "...", "default": None, "type": str}}): each becomes a
 `--judge-url` flag and `self.judge_url`. Override `new_tokens(items, tokenizer)` when the budget depends on the
-references, `format_value` for a number that is not a rate, `no_items_hint` for the empty-dataset error.
+references, `format_value` for a number that is not a rate, `no_items_hint` for the empty-dataset error; set
+`headline` to the summary key that is the task's one number (training's `select_by=TASK` keeps `best` by it).
 Summaries hold numbers (rates in [0, 1] are shown as percentages unless `format_value` says otherwise) and may
 hold one level of groups, {"by_type": {"color": {"n": 10, "accuracy": 0.9}, ...}}, shown as a second table.
 """
