@@ -122,6 +122,8 @@ def test_paths_that_are_not_image_files_each_say_why(tmp_path):
         assert message in text and str(path) in text and "\n" not in text, text
         if message != "not found":
             assert "not found" not in text
+    with pytest.raises(ImageError, match="NUL"):
+        open_image("bad\x00name.png")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")

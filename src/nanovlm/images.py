@@ -47,6 +47,9 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     path = Path(path)
     _check_is_regular_file(path)
     try:
+        # (catch_warnings is process-wide: another thread opening an image at the same moment may print Pillow's
+        # warning instead of failing on it; our own pixel check below still refuses the image when the cap is
+        # under Pillow's limit, as the default is)
         with warnings.catch_warnings():
             # Pillow's notes about odd but usable files ("Corrupt EXIF data") are not the user's business ...
             warnings.simplefilter("ignore", UserWarning)
@@ -88,6 +91,8 @@ def _check_is_regular_file(path: Path):
         raise ImageError(f"{path}: image file not found; check the path") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied while looking up the file") from None
+    except ValueError:   # os.stat refuses names with a NUL byte
+        raise ImageError(f"{str(path)!r}: a file name cannot contain a NUL character") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise ImageError(f"{path}: symbolic link loop (the link points, directly or not, to itself)") from None
