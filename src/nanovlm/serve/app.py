@@ -324,12 +324,14 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
 
     @app.get("/", include_in_schema=False)
     async def page():
+        if not (STATIC / "index.html").is_file():      # an install without the package data
+            raise APIError(404, "the web page is not installed with this copy of nanovlm; the API works")
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/health", summary="liveness and readiness")
     async def health():
         b = state["batcher"]
-        if b is None or not b.alive or not b._accepting:
+        if b is None or not b.alive:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return {"status": "ok", "model": model_name, "queue_depth": b.queue_depth()}
 
@@ -410,9 +412,10 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
             yield chunk({"role": "assistant", "content": ""})
             while (delta := await job.deltas.get()) is not None:
                 yield chunk({"content": delta})
-            await job._done
-            if job.error is not None:
-                error_log.error("request %s failed in the model: %r", request_id(request), job.error)
+            try:
+                await job.result()
+            except Exception:  # noqa: BLE001 - the 200 is sent already: the error goes into the stream
+                error_log.exception("request %s failed in the model", request_id(request))
                 yield "data: " + json.dumps({"error": {"message": "internal error while answering; quote request "
                                                        f"id {request_id(request)}", "type": "server_error"}}) + "\n\n"
                 return

@@ -124,7 +124,8 @@ class Batcher:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """The worker runs and new jobs are taken (what /health reports)."""
+        return self._accepting and self._thread.is_alive()
 
     # ------------------------------------------------------------------ the worker thread
 
