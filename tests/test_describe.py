@@ -75,6 +75,7 @@ def test_word_count_and_vocabulary_checks_reject_bad_outputs():
     assert check_description(GOOD_SHORT.format(n=1), "short") == []
     assert "has 50 words but must have 20 to 25" in check_description(TOO_LONG, "short")[0]
     assert "has 25 words but must have 60 to 70" in check_description(GOOD_SHORT.format(n=1), "long")[0]
+    assert check_description(GOOD_SHORT.format(n=1), "long", words=(20, 30)) == []   # another range asked for
     problems = check_description(HARD_WORDS, "short")
     assert len(problems) == 1 and "juxtaposition" in problems[0] and "photosynthesis" in problems[0]
     # inflected common words are simple ("eats", "giraffes" count as "eat", "giraffe")

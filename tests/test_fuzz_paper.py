@@ -81,6 +81,7 @@ def describe_args(scenes, out, *extra):
     (("--concurrency", "0"), "concurrency"), (("--timeout", "-1"), "timeout"), (("--temperature", "3"), "temperature"),
     (("--max-rare-share", "2"), "max_rare_share"), (("--limit", "0"), "limit"), (("--common-words", "5"), "common"),
     (("--price", "a,b"), "--price"), (("--price=-1,2",), "negative"), (("--style", "medium"), "--style"),
+    (("--words", "40,20"), "MIN <= MAX"), (("--words", "x"), "MIN,MAX"),
     (("--model", ""), "model"), ((), "cannot reach"),
 ])
 def test_describe_bad_settings(scenes, tmp_path, capsys, extra, message):

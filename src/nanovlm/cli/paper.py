@@ -10,7 +10,8 @@ from .common import (add_command, add_json, add_overwrite, add_set_option, field
 
 CHAT_FLAGS = {"concurrency": "requests in flight at once", "max_retries": "retries of a request after 429, 5xx, "
               "timeouts or malformed answers (exponential backoff, or the server's Retry-After)",
-              "timeout_s": "seconds per request", "temperature": "sampling temperature of the LLM"}
+              "timeout_s": "seconds per request", "temperature": "sampling temperature of the LLM",
+              "max_tokens": "longest answer asked for, in tokens"}
 PAPER_FLAGS = {"sizes": "presets to train, in order", "n_scenes": "scenes drawn per style (without --data)",
                "image_size": "image side in pixels (the paper's is 224)",
                "budget": "time: equal minutes per size | steps: equal steps per size",
@@ -30,6 +31,14 @@ def price_pair(text: str) -> tuple[float, float]:
     if prompt < 0 or completion < 0:
         raise argparse.ArgumentTypeError(f"prices cannot be negative, got {text!r}")
     return prompt, completion
+
+
+def word_pair(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX words, e.g. 15,40; got {text!r}") from None
+    return low, high
 
 
 def add_chat_options(p, prefix: str = "", what: str = "the LLM"):
@@ -72,6 +81,8 @@ def register(sub, groups):
     p.add_argument("--data", required=True, help="input dataset folder (e.g. from `nanovlm data coco`)")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--style", choices=["short", "long"], default="short", help="description length")
+    p.add_argument("--words", type=word_pair, metavar="MIN,MAX", help="accept another word range than the style's "
+                   "(short 20,25; long 60,70), e.g. for a small local model")
     add_chat_options(p)
     p.add_argument("--split", choices=["train", "val", "test"], help="describe only this split (default: all)")
     field_option(p, DescribeConfig, "limit", "describe only the first N records (a trial run)")
@@ -137,9 +148,9 @@ def run_describe(args):
     from ..data.describe import DescribeConfig, describe_dataset
 
     options = given_fields(args, ("limit", "quality_attempts", "common_words", "max_rare_share"))
-    cfg = DescribeConfig(data=args.data, out=args.out, style=args.style, chat=chat_settings(args), split=args.split,
-                         cache=args.cache, image_mode="symlink" if args.symlink else "copy", overwrite=args.overwrite,
-                         progress=not (args.quiet or args.json), **options)
+    cfg = DescribeConfig(data=args.data, out=args.out, style=args.style, words=args.words, chat=chat_settings(args),
+                         split=args.split, cache=args.cache, image_mode="symlink" if args.symlink else "copy",
+                         overwrite=args.overwrite, progress=not (args.quiet or args.json), **options)
     summary = describe_dataset(cfg)
     if args.json:
         print_json(summary)

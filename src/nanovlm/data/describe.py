@@ -47,6 +47,7 @@ class DescribeConfig:
     data: str = "data/coco"                 # input dataset folder (any records; COCO's keep all captions in meta)
     out: str = "data/coco-short"
     style: str = "short"                    # short (20-25 words) | long (60-70 words)
+    words: tuple[int, int] | None = None    # another word range than the style's, e.g. (15, 40)
     chat: ChatSettings = field(default_factory=ChatSettings)
     split: str | None = None                # only this split; None = all records
     limit: int | None = None                # only the first N records (a trial run)
@@ -65,6 +66,8 @@ class DescribeConfig:
             raise ConfigError(f'image_mode must be "copy" or "symlink", got {self.image_mode!r}')
         if self.quality_attempts < 1:
             raise ConfigError(f"quality_attempts must be >= 1, got {self.quality_attempts}")
+        if self.words is not None and not (len(self.words) == 2 and 1 <= self.words[0] <= self.words[1]):
+            raise ConfigError(f"words must be MIN,MAX with 1 <= MIN <= MAX, got {self.words}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (or left out for all records), got {self.limit}")
         if self.common_words < 100:
@@ -98,9 +101,14 @@ def rare_words(text: str, common_words: int = 5000) -> tuple[list[str], int]:
     return [w for w in words if stem(w) not in common], len(words)
 
 
-def check_description(text: str, style: str, common_words: int = 5000, max_rare_share: float = 0.15) -> list[str]:
+def word_range(style: str, words: tuple[int, int] | None = None) -> tuple[int, int]:
+    return tuple(words) if words else WORD_RANGE[style]
+
+
+def check_description(text: str, style: str, common_words: int = 5000, max_rare_share: float = 0.15,
+                      words: tuple[int, int] | None = None) -> list[str]:
     """The reasons `text` is not an acceptable description of `style` ([] when it is), phrased for the LLM."""
-    lo, hi = WORD_RANGE[style]
+    lo, hi = word_range(style, words)
     problems = []
     n_words = len(text.split())
     if not lo <= n_words <= hi:
@@ -134,32 +142,36 @@ def source_captions(record: dict) -> list[str]:
     return [turn["assistant"] for turn in record["texts"]]
 
 
-def cache_key(record: dict, style: str, model: str, version: str = PROMPT_VERSION) -> str:
+def cache_key(record: dict, style: str, model: str, version: str = PROMPT_VERSION,
+              words: tuple[int, int] | None = None) -> str:
     """Everything that determines the answer: the image, its captions, the style, the model, the prompt."""
     identity = {"images": record["images"], "captions": source_captions(record), "style": style, "model": model,
                 "prompt": f"describe-{version}"}
+    if words:
+        identity["words"] = list(words)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def first_messages(captions: list[str], style: str) -> list[dict]:
-    lo, hi = WORD_RANGE[style]
+def first_messages(captions: list[str], style: str, words: tuple[int, int] | None = None) -> list[dict]:
+    lo, hi = word_range(style, words)
     text = prompts.load("describe", PROMPT_VERSION).format(
         captions="\n".join(f"- {c}" for c in captions), min_words=lo, max_words=hi)
     return [{"role": "user", "content": text}]
 
 
 def describe_one(client, settings: ChatSettings, captions: list[str], style: str, usage: Usage,
-                 quality_attempts: int = 3, common_words: int = 5000, max_rare_share: float = 0.15) -> dict:
+                 quality_attempts: int = 3, common_words: int = 5000, max_rare_share: float = 0.15,
+                 words: tuple[int, int] | None = None) -> dict:
     """Ask until an answer passes the checks (each retry tells the LLM what was wrong).
 
     Returns {"ok", "description", "attempts", "rejected": [{"text", "problems"}...]}; raises the chat module's
     errors when the endpoint itself fails for good (after the transport retries)."""
-    lo, hi = WORD_RANGE[style]
-    messages = first_messages(captions, style)
+    lo, hi = word_range(style, words)
+    messages = first_messages(captions, style, words)
     rejected = []
     for attempt in range(1, quality_attempts + 1):
         text = clean_answer(chat(client, settings, messages, usage))
-        problems = check_description(text, style, common_words, max_rare_share)
+        problems = check_description(text, style, common_words, max_rare_share, words)
         if not problems:
             return {"ok": True, "description": text, "attempts": attempt, "rejected": rejected}
         rejected.append({"text": text, "problems": problems})
@@ -187,7 +199,7 @@ def describe_dataset(cfg: DescribeConfig, client=None) -> dict:
     client = client or make_client(cfg.chat)
     cache = AnswerCache(cfg.cache or out / CACHE_FILE)
     usage, prices = Usage(), cfg.chat.prices()
-    keys = [cache_key(r, cfg.style, cfg.chat.model) for r in records]
+    keys = [cache_key(r, cfg.style, cfg.chat.model, words=cfg.words) for r in records]
     results = {i: cache.get(key) for i, key in enumerate(keys)}
     todo = [i for i, result in results.items() if result is None]
     from_cache = len(records) - len(todo)
@@ -199,7 +211,7 @@ def describe_dataset(cfg: DescribeConfig, client=None) -> dict:
             return None
         try:
             result = describe_one(client, cfg.chat, source_captions(records[i]), cfg.style, usage,
-                                  cfg.quality_attempts, cfg.common_words, cfg.max_rare_share)
+                                  cfg.quality_attempts, cfg.common_words, cfg.max_rare_share, cfg.words)
         except RetriesExhausted as e:   # this record is reported; a refused request (ChatError) stops the run
             return {"ok": False, "description": None, "error": str(e), "rejected": []}
         except ChatError:
