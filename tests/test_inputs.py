@@ -85,6 +85,9 @@ def test_pixel_cap_is_checked_before_decoding(tmp_path):
     with pytest.raises(ImageError, match="cap of 0.005 megapixels"):
         open_image(tmp_path / "small.png", max_pixels=5000)
     assert open_image(tmp_path / "small.png", max_pixels=10000).size == (100, 100)
+    for bad in (0, -1, 2.5, "many"):
+        with pytest.raises(ConfigError, match="max_pixels must be a whole number >= 1"):
+            open_image(tmp_path / "small.png", max_pixels=bad)
 
 
 def test_pillow_bomb_guard_is_the_same_clear_error(tmp_path):

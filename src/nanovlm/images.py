@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .config import ConfigError
+
 DEFAULT_MAX_PIXELS = 40_000_000   # 40 megapixels: any camera photo, not a scanned poster (~160 MB as RGB)
 _RGB_WHITE = (255, 255, 255)
 # modes Image.reduce() handles and to_rgb() converts the same way after reducing
@@ -44,6 +46,8 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         decoding so that their shorter side stays >= min_size; None keeps the full resolution.
     Raises ImageError with a one-line message naming the file.
     """
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ConfigError(f"max_pixels must be a whole number >= 1 (or None for no cap), got {max_pixels!r}")
     path = Path(path)
     _check_is_regular_file(path)
     try:
@@ -58,7 +62,8 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
             with Image.open(path) as image:                 # reads the header only
                 _check_pixel_count(path, image.size, max_pixels)
                 if min_size:
-                    image.draft("RGB", (min_size, min_size))  # JPEG: decode at a smaller scale, shorter side >= min_size
+                    # JPEG: decode at 1/2, 1/4 or 1/8 scale, the shorter side staying >= min_size
+                    image.draft("RGB", (min_size, min_size))
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)   # phone photos store "rotate me" in EXIF
                 if min_size:
@@ -87,7 +92,8 @@ def _check_is_regular_file(path: Path):
         info = path.stat()
     except FileNotFoundError:
         if path.is_symlink():
-            raise ImageError(f"{path}: broken symbolic link (it points to {os.readlink(path)}, which does not exist)") from None
+            raise ImageError(f"{path}: broken symbolic link (it points to {os.readlink(path)}, which does not "
+                             f"exist)") from None
         raise ImageError(f"{path}: image file not found; check the path") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied while looking up the file") from None

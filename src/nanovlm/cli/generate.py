@@ -1,6 +1,7 @@
 """nanovlm generate"""
 from __future__ import annotations
 
+from ..images import DEFAULT_MAX_PIXELS
 from .common import add_command
 
 
@@ -15,6 +16,8 @@ def register(sub, groups):
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set of tokens with this mass")
     p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images with more pixels than this, checked from the header before decoding")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--bf16", action="store_true", help="run with bf16 weights (faster on CPUs with bf16)")
     p.set_defaults(func=run)
@@ -31,7 +34,7 @@ def run(args):
     # bad options and bad images fail before the model loads
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    images = [open_image(path) for path in args.image]
+    images = [open_image(path, max_pixels=args.max_pixels) for path in args.image]
     model = VisionLanguageModel.from_pretrained(resolve_model_dir(args.model), device=args.device,
                                                 dtype=torch.bfloat16 if args.bf16 else None)
     completions = complete(model, images, answer_starts=[args.prompt] * len(images),
