@@ -74,8 +74,12 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's guard fires inside Image.open, before our own check can see the size
         pixels = re.search(r"\((\d+) pixels\)", str(e))
-        cap = min(max_pixels or Image.MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS)
-        raise ImageError(_too_many_pixels(path, int(pixels.group(1)) if pixels else None, cap)) from None
+        pixels = int(pixels.group(1)) if pixels else None
+        if max_pixels is not None and max_pixels <= Image.MAX_IMAGE_PIXELS:
+            raise ImageError(_too_many_pixels(path, pixels, max_pixels)) from None
+        raise ImageError(f"{path}: {pixels / 1e6 if pixels else 'too many'} megapixels, more than Pillow's "
+                         f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
+                         f"(PIL.Image.MAX_IMAGE_PIXELS); downscale the image") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied; make the file readable (chmod +r)") from None
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt data
