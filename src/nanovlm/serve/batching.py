@@ -226,14 +226,21 @@ class Batcher:
                 job._sent = safe
 
     def _push(self, job: Job, delta: str | None):
-        job._loop.call_soon_threadsafe(job.deltas.put_nowait, delta)
+        _call_in_loop(job._loop, job.deltas.put_nowait, delta)
 
     def _finish(self, job: Job):
         if job.stream:
             if job.error is None and len(job.text) > job._sent:
                 self._push(job, job.text[job._sent:])
             self._push(job, None)                   # end of stream
-        job._loop.call_soon_threadsafe(_set_done, job._done)
+        _call_in_loop(job._loop, _set_done, job._done)
+
+
+def _call_in_loop(loop: asyncio.AbstractEventLoop, fn, *args):
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:        # the client's event loop is closed (server gone): nobody is waiting any more
+        pass
 
 
 def _set_done(future: asyncio.Future):
