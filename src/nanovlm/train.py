@@ -103,6 +103,8 @@ class TrainConfig:
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check(self.vision is None or self.language is not None,
               "a pretrained vision encoder (vision=...) needs a pretrained language model too (language=...)")
+        check(self.language is None or self.tokenizer is None,
+              "language=... brings its own tokenizer; drop tokenizer=...")
 
     @classmethod
     def from_options(cls, options: dict, where: str = "--set") -> "TrainConfig":
