@@ -190,9 +190,15 @@ class Tokenizer:
         template = template or self.chat_template
         if template is None:
             raise TokenizerError("this tokenizer has no chat template")
-        text = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, eos_token=self.eos_token)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise_template_error     # templates call it on bad input, as in transformers
+        text = env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                eos_token=self.eos_token)
         if not hasattr(self, "_with_specials"):   # a twin that parses special tokens, so self.hf stays untouched
             self._with_specials = HFTokenizer.from_str(self.hf.to_str())
             self._with_specials.encode_special_tokens = False
         return self._with_specials.encode(text, add_special_tokens=False).ids
+
+
+def _raise_template_error(message: str):
+    raise TokenizerError(f"chat template: {message}")
