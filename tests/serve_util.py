@@ -61,12 +61,12 @@ def serve_config(model_dir, **overrides):
 
 
 @contextmanager
-def live_server(app, graceful_s: float = 10.0):
+def live_server(app, graceful_s: float = 10.0, **uvicorn_options):
     """The app on a real socket (127.0.0.1, a free port), in a thread; stopped like SIGTERM stops it."""
     import uvicorn
 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=graceful_s)
+                            timeout_graceful_shutdown=graceful_s, **uvicorn_options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -75,8 +75,9 @@ def live_server(app, graceful_s: float = 10.0):
         assert thread.is_alive() and time.time() < deadline, "the test server did not start"
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
+    scheme = "https" if uvicorn_options.get("ssl_certfile") else "http"
     try:
-        yield f"http://127.0.0.1:{port}", server
+        yield f"{scheme}://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(30)

@@ -277,3 +277,50 @@ def test_queue_full_is_503_and_graceful_shutdown_finishes_requests_in_flight(mod
         server.should_exit = True           # ... when the server is told to stop (what SIGTERM does)
         t.join(30)
         assert results["r"].status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ TLS, load test
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+
+
+def test_tls_and_the_load_test(model, model_dir, tmp_path):
+    from nanovlm.serve.loadtest import LoadTestConfig, format_report, run_loadtest
+
+    cert, key = _self_signed(tmp_path)
+    app = create_app(model, serve_config(model_dir, tls_cert=cert, tls_key=key))
+    with live_server(app, ssl_certfile=cert, ssl_keyfile=key) as (url, _):
+        assert url.startswith("https://")
+        import ssl
+
+        trusted = ssl.create_default_context(cafile=cert)
+        assert httpx.get(url + "/health", verify=trusted).json()["status"] == "ok"
+        with pytest.raises(httpx.ConnectError):                  # an unknown certificate is refused by clients
+            httpx.get(url + "/health")
+    app = create_app(model, serve_config(model_dir))
+    with live_server(app) as (url, _):
+        report = run_loadtest(LoadTestConfig(url=url, clients=3, seconds=1.0, max_tokens=3))
+    assert report["ok"] >= 1 and report["errors"] == 0 and report["clients"] == 3
+    assert 0 < report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"] <= report["max_ms"]
+    assert report["requests_per_s"] > 0 and 1 <= report["tokens_per_request"] <= 3
+    assert "p99" in format_report(report)
