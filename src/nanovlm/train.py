@@ -29,6 +29,8 @@ from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate, collate_packed
 from .devices import resolve_device
 from .model.vlm import VisionLanguageModel
+from .contrastive import image_text_contrastive
+from .probe import ShapeProbe, grad_norms
 from .progress import progress
 from .tokenizer import Tokenizer
 
@@ -68,6 +70,12 @@ class TrainConfig:
     select_by: str = "loss"
     select_questions: int = 200
     augment: bool = True
+    # Shape and colour linear probes of the frozen vision features every N steps (nanovlm.probe; metrics.jsonl
+    # probe_shape / probe_color); 0 = off
+    probe_every: int = 0
+    # weight of the image-text contrastive loss added to the language-model loss (nanovlm.contrastive); 0 = off
+    contrastive_weight: float = 0.0
+    vision_init: str | None = None                # safetensors to start the vision encoder from (nanovlm convert efficientnet)
     pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
@@ -91,12 +99,13 @@ class TrainConfig:
             _check_choice("select_by", self.select_by, tasks)
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "select_questions"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "patience", "seed", "num_workers", "threads"):
+        for name in ("warmup_steps", "patience", "seed", "num_workers", "threads", "probe_every"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "lr_vision", "lr_projector", "lr_decoder"):
             value = getattr(self, name)
             check(value is None or 0 < value <= 1, f"{name} must be in (0, 1], got {value}")
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(0 <= self.contrastive_weight <= 100, f"contrastive_weight must be in [0, 100], got {self.contrastive_weight}")
         check(0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay}")
         check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         check(self.num_workers <= 64 and self.threads <= 1024, "num_workers must be <= 64 and threads <= 1024")
@@ -311,6 +320,9 @@ def train(tcfg: TrainConfig) -> dict:
         model_cfg = tokenizer.configure(model_cfg)
         model = VisionLanguageModel(model_cfg).to(rt.device)
     model.card["datasets"] = [Path(tcfg.data).resolve().name]
+    if tcfg.vision_init and not tcfg.resume:
+        from .convert.efficientnet import load_vision_init
+        load_vision_init(model, tcfg.vision_init)
     optimizer = build_optimizer(model, tcfg)
 
     augmentation = Augmentation() if tcfg.augment else None
@@ -340,6 +352,7 @@ def train(tcfg: TrainConfig) -> dict:
     progress = logger.progress_bar(state["step"])
     start_time, start_step = time.time() - state["elapsed_s"], state["step"]
     stop = False
+    probe = None
     while state["step"] < tcfg.steps and not stop:
         step = state["step"]
         set_learning_rates(optimizer, lr_at(step, tcfg))
@@ -348,7 +361,7 @@ def train(tcfg: TrainConfig) -> dict:
         loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt)
         state["step"] = step + 1
         state["elapsed_s"] = time.time() - start_time
-        record = {"step": step + 1, "loss": loss, **learning_rates(optimizer),
+        record = {"step": step + 1, "loss": loss, **learning_rates(optimizer), **grad_norms(model),
                   "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0)}
         if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
             record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
@@ -360,6 +373,9 @@ def train(tcfg: TrainConfig) -> dict:
                     checkpoint.save_checkpoint(out / "best", model, optimizer, state, tokenizer)
                 checkpoint.save_checkpoint(out / "last", model, optimizer, state, tokenizer)
             barrier(rt)
+        if tcfg.probe_every and (step + 1) % tcfg.probe_every == 0 and rt.is_main:
+            probe = probe or ShapeProbe(model_cfg.vision)
+            record.update(probe(model))
         logger.log(record, progress)
     progress.close()
     logger.finish()
@@ -386,6 +402,9 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
         sync = micro == tcfg.grad_accum - 1 or rt.world_size == 1
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(tcfg, rt.device):
             _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
+            if tcfg.contrastive_weight and images is not None:
+                loss = loss + tcfg.contrastive_weight * image_text_contrastive(
+                    getattr(model, "module", model), ids, images, labels)
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()

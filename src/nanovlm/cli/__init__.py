@@ -14,7 +14,7 @@ import sys
 from .common import ArgumentParser, HelpFormatter
 
 # evaluate comes last: it adds a generic `eval TASK` for every registered scorer no module gave its own command
-COMMAND_MODULES = ["info", "data", "train", "build", "generate", "bench", "documents", "vqa", "serve", "paper", "evaluate"]
+COMMAND_MODULES = ["info", "data", "train", "build", "generate", "bench", "documents", "vqa", "serve", "paper", "convert", "evaluate"]
 GROUPS = {"data": "make or import datasets", "eval": "evaluate a model on a task"}
 
 

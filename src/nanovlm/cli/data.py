@@ -1,4 +1,4 @@
-"""nanovlm data scenes | coco"""
+"""nanovlm data scenes | shapes | coco"""
 from __future__ import annotations
 
 from .common import add_command, add_overwrite
@@ -15,6 +15,20 @@ def register(sub, groups):
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     add_overwrite(p, "an existing dataset in OUT")
     p.set_defaults(func=run_scenes)
+
+    p = add_command(data, "shapes", "the shapes diagnostic: single-colour shapes where only form tells them apart",
+                    "Pictures of 1-3 single-colour shapes (geometric figures and sprite silhouettes) on a plain "
+                    "background, any colour, size, place and rotation, with questions about shape, colour, count "
+                    "and relations. Test pictures also show colour-shape combinations that training never shows. "
+                    "Score a model with `nanovlm eval shapes`.")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--n", type=int, default=20000, help="number of pictures")
+    p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--shapes", default="all", help="all, geometric, silhouettes, or a comma-separated list of "
+                   "shape names")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
+    add_overwrite(p, "an existing dataset in OUT")
+    p.set_defaults(func=run_shapes)
 
     p = add_command(data, "coco", "import COCO captions (captions_*.json + image folder)")
     p.add_argument("--annotations", required=True, help="COCO captions JSON, e.g. captions_train2017.json")
@@ -36,6 +50,15 @@ def run_scenes(args):
     stats = make_scenes(args.out, n=args.n, style=args.style, image_size=args.image_size, seed=args.seed,
                         overwrite=args.overwrite)
     print(f"wrote {stats['n']} scenes to {args.out} ({stats['images_per_s']:.0f} images/s)")
+
+
+def run_shapes(args):
+    from ..data.shapes import make_shapes
+
+    stats = make_shapes(args.out, n=args.n, image_size=args.image_size, seed=args.seed, shapes=args.shapes,
+                        overwrite=args.overwrite)
+    print(f"wrote {stats['n']} pictures to {args.out} ({stats['images_per_s']:.0f} images/s, splits "
+          f"{stats['splits']}); held out of training: {', '.join(stats['heldout_combinations'])}")
 
 
 def run_coco(args):

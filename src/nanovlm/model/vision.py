@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..config import VisionConfig
+from .efficientnet import EfficientNetLite0Stem
 from .layers import MLP, Attention
 
 
@@ -57,7 +58,8 @@ class ConvNetPatchStem(nn.Module):
         return self.proj(self.convs(images)).flatten(2).transpose(1, 2)   # (B, num_patches, width)
 
 
-STEMS = {"linear": LinearPatchStem, "conv2": Conv2PatchStem, "convnet": ConvNetPatchStem}
+STEMS = {"linear": LinearPatchStem, "conv2": Conv2PatchStem, "convnet": ConvNetPatchStem,
+         "efficientnet_lite0": EfficientNetLite0Stem}
 
 
 class VisionBlock(nn.Module):

@@ -1,0 +1,134 @@
+"""Does the vision encoder see form? Linear-probe measurements behind README's section of that name.
+
+    python benchmarks/form_probe.py init                 # probes of encoders as built (random / pretrained)
+    python benchmarks/form_probe.py supervised --steps 300   # the demo encoder trained as a plain shape classifier
+    python benchmarks/form_probe.py plot runs/a runs/b --out benchmarks/form_probe.png   # probe_shape vs step
+
+`init` and `supervised` print one JSON line per measurement. The probe (nanovlm.probe.ShapeProbe) fits a linear
+classifier for shape (16 classes, chance 6%) and colour (10, chance 10%) on pooled encoder outputs of one-shape
+pictures; `nanovlm train --set probe_every=N` logs the same numbers during VLM training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nanovlm.config import from_name
+from nanovlm.model.vlm import VisionLanguageModel
+from nanovlm.probe import ShapeProbe, probe_pictures
+
+ENCODERS = {   # name -> demo-preset overrides
+    "demo (convnet stem, patch 8)": {},
+    "linear stem, patch 8": {"vision.patch_stem": "linear"},
+    "conv2 stem, patch 8": {"vision.patch_stem": "conv2"},
+    "convnet stem, 128 px, patch 16": {"vision.image_size": 128, "vision.patch_size": 16},
+    "efficientnet_lite0 random, 128 px": {"vision.patch_stem": "efficientnet_lite0", "vision.image_size": 128,
+                                          "vision.patch_size": 16, "vision.n_layer": 0, "vision.use_cls": False,
+                                          "vision.image_mean": [0.498] * 3, "vision.image_std": [0.502] * 3},
+}
+
+
+def build(overrides: dict, vision_init: str | None = None) -> VisionLanguageModel:
+    cfg = from_name("demo", overrides)
+    cfg.image_token_id = cfg.decoder.vocab_size - 1
+    model = VisionLanguageModel(cfg)
+    if vision_init:
+        from nanovlm.convert.efficientnet import load_vision_init
+        load_vision_init(model, vision_init)
+    return model
+
+
+def run_init(args):
+    encoders = dict(ENCODERS)
+    if args.efficientnet:
+        encoders["efficientnet_lite0 ImageNet, 128 px"] = (ENCODERS["efficientnet_lite0 random, 128 px"],
+                                                           args.efficientnet)
+    for name, spec in encoders.items():
+        if args.only and args.only not in name:
+            continue
+        overrides, init = spec if isinstance(spec, tuple) else (spec, None)
+        torch.manual_seed(0)
+        model = build(overrides, init)
+        probe = ShapeProbe(model.cfg.vision, n=args.n)
+        print(json.dumps({"encoder": name, **{k: round(v, 3) for k, v in probe(model).items()}}), flush=True)
+
+
+def run_supervised(args):
+    """The reference a VLM should approach: the same encoder with a linear shape head on its pooled tokens,
+    trained directly on shape labels (AdamW, lr 1e-3, batch 32, one-shape pictures never used by the probe)."""
+    torch.manual_seed(0)
+    model = build({})
+    vision = model.vision
+    probe = ShapeProbe(model.cfg.vision, n=args.n)
+    images, shapes, _ = probe_pictures(model.cfg.vision, n=args.train_pictures, seed=1)
+    head = torch.nn.Linear(2 * model.cfg.vision.width, len(probe.shapes))
+    optimizer = torch.optim.AdamW([*vision.parameters(), *head.parameters()], lr=args.lr)
+    rng = random.Random(0)
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        index = torch.tensor(rng.sample(range(len(images)), 32))
+        tokens = vision(images[index])[:, 1:]
+        logits = head(torch.cat([tokens.mean(1), tokens.amax(1)], -1))
+        loss = F.cross_entropy(logits, shapes[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % args.probe_every == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 3), "seconds": round(time.time() - start),
+                              **{k: round(v, 3) for k, v in probe(model).items()}}), flush=True)
+
+
+def run_plot(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run, label in zip(args.runs, args.labels or args.runs):
+        rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+        points = [(r["step"], r["probe_shape"]) for r in rows if "probe_shape" in r]
+        ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+    ax.axhline(1 / 16, color="gray", linestyle=":", label="chance")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("linear probe: shape accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init", help="probe encoders as built")
+    p.add_argument("--n", type=int, default=1200, help="probe pictures")
+    p.add_argument("--efficientnet", help="converted EfficientNet-Lite0 safetensors (nanovlm convert efficientnet)")
+    p.add_argument("--only", help="probe only the encoders whose name contains this")
+    p.set_defaults(func=run_init)
+    p = sub.add_parser("supervised", help="train the demo encoder as a plain shape classifier")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n", type=int, default=1200)
+    p.add_argument("--train-pictures", type=int, default=4000)
+    p.add_argument("--probe-every", type=int, default=50)
+    p.set_defaults(func=run_supervised)
+    p = sub.add_parser("plot", help="probe_shape vs step from training runs' metrics.jsonl")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--labels", nargs="*")
+    p.add_argument("--out", default="benchmarks/form_probe.png")
+    p.set_defaults(func=run_plot)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
