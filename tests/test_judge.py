@@ -8,8 +8,8 @@ import pytest
 from nanovlm.chat import ChatSettings, Usage, make_client
 from nanovlm.config import from_name
 from nanovlm.data.synth import make_scenes
-from nanovlm.evaluate.judge import (CRITERIA, GradeFormatError, JudgeRun, grade_all, grade_one, judge_models,
-                                    parse_grades, table3_markdown, table3_row)
+from nanovlm.evaluate.judge import (CRITERIA, GradeFormatError, JudgeRun, grade_all, grade_one, grades_response_format,
+                                    judge_models, parse_grades, table3_markdown, table3_row)
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.tokenizer import Tokenizer
 from openai_server import FakeChatServer
@@ -56,6 +56,15 @@ def test_malformed_grades_get_one_repair_request(tmp_path):
         assert second["error"].startswith("malformed after one repair") and second["raw"] == "nor this"
         assert len(server.requests) == 4   # one repair each, never more
         assert "error" not in grade_one(client, settings(server), "I see a", "red ball.", usage)
+
+
+def test_the_grades_schema_can_be_sent_as_response_format():
+    with FakeChatServer(reply=lambda messages, model: grades_json()) as server:
+        fmt = grades_response_format()
+        results, _ = grade_all([("I see a", "red ball.")], settings(server, response_format=fmt), progress=False)
+        sent = server.requests[0]["response_format"]
+    assert results[0]["total"] == 30 and sent["json_schema"]["schema"]["required"][0] == "assessment"
+    assert set(sent["json_schema"]["schema"]["required"]) == {"assessment", *CRITERIA}
 
 
 def test_transport_errors_are_retried_grades_keep_their_order_and_are_cached(tmp_path):

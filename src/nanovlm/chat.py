@@ -48,6 +48,7 @@ class ChatSettings:
     temperature: float = 0.7
     max_tokens: int = 400
     price_per_million: tuple[float, float] | None = None   # (input, output) USD; None -> PRICES_PER_MILLION
+    response_format: dict | None = None  # sent as is when set, e.g. {"type": "json_schema", ...} (structured output)
 
     def __post_init__(self):
         if self.concurrency < 1:
@@ -167,9 +168,10 @@ def chat(client, settings: ChatSettings, messages: list[dict], usage: Usage | No
     usage = usage if usage is not None else Usage()
     for attempt in range(settings.max_retries + 1):
         try:
+            extra = {"response_format": settings.response_format} if settings.response_format else {}
             response = client.chat.completions.create(
                 model=settings.model, messages=messages, temperature=settings.temperature,
-                max_tokens=settings.max_tokens, timeout=settings.timeout_s)
+                max_tokens=settings.max_tokens, timeout=settings.timeout_s, **extra)
             text = _answer_text(response)
             tokens = response.usage
             usage.add(prompt_tokens=getattr(tokens, "prompt_tokens", 0) or 0,

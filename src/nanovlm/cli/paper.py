@@ -106,6 +106,8 @@ def register(sub, groups):
     p.add_argument("--batch-size", type=int, default=32, help="samples per generation batch")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: room for the longest reference)")
     add_chat_options(p, prefix="judge-", what="the judge")
+    p.add_argument("--json-schema", action="store_true", help="ask for the grades' JSON schema as response_format "
+                   "(OpenAI structured outputs, vLLM guided decoding, llama.cpp grammar); not every server takes it")
     p.add_argument("--cache", help="grade cache file: a rerun pays only for new completions")
     p.add_argument("--report", default="judge_report", help="writes REPORT.md and REPORT.json (Table 3) and "
                    "REPORT-<model>.jsonl per sample")
@@ -174,12 +176,14 @@ def _load(path: str):
 def run_judge(args):
     from ..config import ConfigError
     from ..evaluate import write_report
-    from ..evaluate.judge import JudgeRun, judge_models, model_label
+    from ..evaluate.judge import JudgeRun, grades_response_format, judge_models, model_label
 
     report = Path(args.report).with_suffix("") if Path(args.report).suffix in (".md", ".json") else Path(args.report)
     if report.with_suffix(".md").exists() and not args.overwrite:
         raise FileExistsError(f"{report.with_suffix('.md')} already exists; choose another --report or --overwrite")
     settings = chat_settings(args, model=args.chat_model or "gpt-4o")
+    if args.json_schema:
+        settings.response_format = grades_response_format()
     if len(set(args.models)) != len(args.models):
         raise ConfigError(f"a --model is given twice ({', '.join(args.models)}); give each model once")
     labels = [model_label(m) for m in args.models]

@@ -70,6 +70,15 @@ def parse_grades(text: str) -> dict:
     return grades.model_dump()
 
 
+def grades_response_format() -> dict:
+    """The grades' JSON schema as an OpenAI `response_format`: OpenAI (structured outputs), vLLM (guided decoding)
+    and llama.cpp's server (grammar) then only produce matching JSON. The 0-10 range is checked by parse_grades,
+    as not every server enforces numeric bounds."""
+    properties = {"assessment": {"type": "string"}, **{c: {"type": "integer"} for c in CRITERIA}}
+    return {"type": "json_schema", "json_schema": {"name": "grades", "strict": True, "schema": {
+        "type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}}}
+
+
 def judge_messages(prompt: str, completion: str) -> list[dict]:
     text = prompts.load("judge", RUBRIC_VERSION).format(prompt=prompt.rstrip(), completion=" " + completion.strip())
     return [{"role": "user", "content": text}]
