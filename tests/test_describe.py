@@ -18,7 +18,8 @@ from nanovlm.data.describe import (CACHE_FILE, FAILURES_FILE, DescribeConfig, ch
 from nanovlm.data.format import read_records, write_records
 from openai_server import FakeChatServer
 
-GOOD_SHORT = "I see a big brown dog number {n}. The dog runs on the green grass. It has a red ball and it is very happy."
+GOOD_SHORT = ("I see a big brown dog number {n}. The dog runs on the green grass. It has a red ball and it is very "
+              "happy.")
 TOO_LONG = " ".join(["I see a dog and a cat and a ball."] * 5)   # 50 words
 HARD_WORDS = ("The juxtaposition of photosynthesis and epistemology illuminates a quintessential "
               "paradigm of heterogeneous ontological phenomenology in the contemporary zeitgeist of our days.")
@@ -40,7 +41,8 @@ def coco_like(tmp_path):
     records = []
     for n in range(12):
         Image.new("RGB", (8, 8), (20 * n, 0, 0)).save(folder / "images" / f"{n:03d}.png")
-        captions = [f"A photo, picture number {n}, of a dog with a ball."] + [f"A dog playing, take {k}." for k in range(4)]
+        captions = [f"A photo, picture number {n}, of a dog with a ball."]
+        captions += [f"A dog playing, take {k}." for k in range(4)]
         records.append({"id": f"coco-{n}", "images": [f"images/{n:03d}.png"],
                         "texts": [{"user": "Describe the picture.", "assistant": captions[0]}],
                         "split": "test" if n % 4 == 0 else "train", "meta": {"coco_id": n, "captions": captions}})
@@ -56,8 +58,8 @@ def settings(server, **kw):
 
 def run(coco, out, server, **kw):
     chat_kw = {k: kw.pop(k) for k in list(kw) if k in ChatSettings.__dataclass_fields__}
-    return describe_dataset(DescribeConfig(data=str(coco), out=str(out), style="short", chat=settings(server, **chat_kw),
-                                           progress=False, **kw))
+    return describe_dataset(DescribeConfig(data=str(coco), out=str(out), style="short",
+                                           chat=settings(server, **chat_kw), progress=False, **kw))
 
 
 def assert_each_record_once(coco, out):
@@ -79,7 +81,8 @@ def test_word_count_and_vocabulary_checks_reject_bad_outputs():
     problems = check_description(HARD_WORDS, "short")
     assert len(problems) == 1 and "juxtaposition" in problems[0] and "photosynthesis" in problems[0]
     # inflected common words are simple ("eats", "giraffes" count as "eat", "giraffe")
-    assert check_description("The dogs eats the apples and plays with the balls. " * 2 + "The sun is up.", "short") == []
+    inflected = "The dogs eats the apples and plays with the balls. " * 2 + "The sun is up."
+    assert check_description(inflected, "short") == []
     # one animal name a child knows but a word list ranks low is allowed by the default threshold
     assert check_description("I see a tall giraffe. It eats green leaves from a big tree. The sky is blue and the "
                              "sun is bright.", "short") == []

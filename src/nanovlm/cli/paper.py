@@ -48,7 +48,8 @@ def add_chat_options(p, prefix: str = "", what: str = "the LLM"):
     p.add_argument(f"--{prefix}base-url", dest="base_url", default=None, metavar="URL",
                    help=f"OpenAI-compatible endpoint of {what}, e.g. http://127.0.0.1:8000/v1 "
                         "(default: https://api.openai.com/v1)")
-    p.add_argument(f"--{prefix}model", dest="chat_model", default=None if prefix else ChatSettings.model, metavar="NAME",
+    p.add_argument(f"--{prefix}model", dest="chat_model", metavar="NAME",
+                   default=None if prefix else ChatSettings.model,
                    help=f"model name {what} is asked for" + ("" if prefix else " (default: %(default)s)"))
     p.add_argument("--api-key-env", default=ChatSettings.api_key_env, metavar="VAR",
                    help="environment variable holding the API key (a local server needs none)")
@@ -138,7 +139,8 @@ def register(sub, groups):
         field_option(p, PaperConfig, name, help)
     p.add_argument("--judge-model", dest="chat_model", metavar="NAME", help="grade completions with this LLM (Table 3)")
     p.add_argument("--judge-base-url", dest="base_url", metavar="URL", help="the judge's OpenAI-compatible endpoint")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR", help="environment variable holding the judge's key")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the judge's key")
     add_set_option(p, "training option or model key for every size, e.g. warmup_steps=50 or decoder.dropout=0")
     add_overwrite(p, "an earlier sweep's report in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
