@@ -91,7 +91,7 @@ def model_card(model) -> str:
     model.card may hold: base_model (Hub ids), datasets, sources (local files it was built from), and
     eval_results: [{"task": "visual-question-answering", "dataset": "scenes-vqa", "metric": "accuracy",
     "value": 0.93}, ...]."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCardData
 
     info, cfg = model.card, model.cfg
     params = model.num_parameters()
@@ -121,7 +121,8 @@ def model_card(model) -> str:
               "", "model = VisionLanguageModel.from_pretrained(\"THIS_FOLDER_OR_REPO\")",
               "print(complete(model, [open_image(\"picture.png\")], questions=[\"What is in the picture?\"]))",
               "```", ""]
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).content
+    # the YAML block the Hub reads, written by huggingface_hub itself (ModelCard.from_template would need jinja2)
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
 
 
 def read_model_card(folder: Path) -> dict:
