@@ -69,7 +69,7 @@ def build_vlm(language: str | Path, vision: str | Path | None = None, preset: st
     model.tokenizer = tokenizer
     parts = [b for b in (vis, lm) if b is not None]
     model.card["base_model"] = [b.base_model for b in parts if b.base_model]   # Hub ids, for the card's metadata
-    model.card["sources"] = [b.source for b in parts]
+    model.card["sources"] = [Path(b.source).name for b in parts]             # names only: no local paths in a card
     return model.to(dtype)
 
 
