@@ -28,6 +28,7 @@ from .config import (ConfigError, VLMConfig, _check_choice, all_model_keys, did_
 from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate, collate_packed
 from .devices import resolve_device
+from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
 from .probe import ShapeProbe, grad_norms
@@ -70,6 +71,7 @@ class TrainConfig:
     select_by: str = "loss"
     select_questions: int = 200
     augment: bool = True
+    max_image_pixels: int = DEFAULT_MAX_PIXELS    # larger images are refused from their header, before decoding
     # Shape and colour linear probes of the frozen vision features every N steps (nanovlm.probe; metrics.jsonl
     # probe_shape / probe_color); 0 = off
     probe_every: int = 0
@@ -326,8 +328,9 @@ def train(tcfg: TrainConfig) -> dict:
     optimizer = build_optimizer(model, tcfg)
 
     augmentation = Augmentation() if tcfg.augment else None
-    train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed)
-    val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val")
+    train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
+                           max_pixels=tcfg.max_image_pixels)
+    val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val", max_pixels=tcfg.max_image_pixels)
 
     state = {"step": 0, "best_val_loss": None, "best_score": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
     if tcfg.resume:
