@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from nanovlm.sampling import GenerationConfig
 from nanovlm.serve.app import create_app
-from nanovlm.serve.batching import Batcher, Job, QueueFull
+from nanovlm.serve.batching import Batcher, Job
 
 from serve_util import data_url, live_server, model, model_dir, png_bytes, serve_config  # noqa: F401
 
