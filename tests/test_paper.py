@@ -47,7 +47,7 @@ def test_time_budget_turns_minutes_into_steps(tmp_path):
     assert seconds_per_step > 0 and steps == max(1, int(0.5 * 60 / seconds_per_step))
     assert any("s/step measured" in line for line in lines)
     trained = json.loads((tmp_path / "paper" / "calibration" / "tiny" / "train_config.json").read_text())
-    assert trained["steps"] == 2 and trained["model"]["projector.source"] == "patches"
+    assert trained["steps"] == 3 and trained["model"]["projector.source"] == "patches"
     assert steps_for(PaperConfig(budget="steps", steps=7, **TINY), "tiny", None) == (7, None)
 
 

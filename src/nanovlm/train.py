@@ -365,7 +365,8 @@ def train(tcfg: TrainConfig) -> dict:
         state["step"] = step + 1
         state["elapsed_s"] = time.time() - start_time
         record = {"step": step + 1, "loss": loss, **learning_rates(optimizer), **grad_norms(model),
-                  "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0)}
+                  "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0),
+                  "elapsed_s": round(state["elapsed_s"], 3)}   # training time so far (compare runs by time)
         if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
             record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
             if tcfg.select_by != "loss":
