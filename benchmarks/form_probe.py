@@ -46,8 +46,10 @@ def build(overrides: dict, vision_init: str | None = None) -> VisionLanguageMode
 def run_init(args):
     encoders = dict(ENCODERS)
     if args.efficientnet:
-        encoders["efficientnet_lite0 ImageNet, 128 px"] = (ENCODERS["efficientnet_lite0 random, 128 px"],
-                                                           args.efficientnet)
+        big = ENCODERS["efficientnet_lite0 random, 128 px"]
+        encoders["efficientnet_lite0 ImageNet, 128 px, patch 16"] = (big, args.efficientnet)
+        small = {**big, "vision.image_size": 64, "vision.patch_size": 8}
+        encoders["efficientnet_lite0 ImageNet, 64 px, patch 8"] = (small, args.efficientnet)
     for name, spec in encoders.items():
         if args.only and args.only not in name:
             continue
