@@ -6,7 +6,6 @@ the named cases are the ones a user met (issue 7)."""
 from __future__ import annotations
 
 import hashlib
-import math
 import string
 from pathlib import Path
 
@@ -14,37 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nanovlm import cli
 from nanovlm.config import all_model_keys
 from nanovlm.data.synth import make_scenes
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.tokenizer import Tokenizer
 from nanovlm.train import TrainConfig
 
+from cli_helpers import assert_clean, run_cli
 from conftest import tiny_config
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 TRAIN_KEYS = [f.name for f in __import__("dataclasses").fields(TrainConfig)]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    """main() in-process; argparse's own exits (bad flags, --help, --version) count like returns."""
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_clean(code, err, allowed=(0, 2)):
-    assert code in allowed, (code, err)
-    assert "Traceback" not in err, err
-    if code == 2:
-        lines = [line for line in err.splitlines() if line.strip()]
-        error_lines = [line for line in lines if line.startswith("error:")]
-        assert len(error_lines) == 1 and lines[-1].startswith("error:"), err
 
 
 def tree_digest(folder: Path) -> str:
