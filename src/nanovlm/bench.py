@@ -152,7 +152,6 @@ def bench_train(cfg, device, batch_size: int, text_len: int, dtype: torch.dtype,
     tokens_per_step = ids.numel()
     median, best = statistics.median(times), min(times)
     flops = count_flops(step)
-    del model, optimizer, step_model
     return {"train_step_s": median, "train_step_best_s": best, "train_tokens_per_step": tokens_per_step,
             "train_tokens_per_s": tokens_per_step / median, "train_samples_per_s": batch_size / median,
             "train_peak_mb": peak, "train_flops_per_step": flops, "train_flops_per_s": flops / median}
@@ -216,7 +215,6 @@ def bench_decode(cfg, device, prompt_len: int, new_tokens: int, dtype: torch.dty
     steps = max(new_tokens - 1, 1)
     _log(f"decode: prefill {prefill_s * 1e3:.1f} ms, {new_tokens} tokens in {total_s:.3f} s "
          f"(runs: {', '.join(f'{t:.3f}' for t in total)})")
-    del model
     return {"prefill_s": prefill_s, "decode_total_s": total_s, "decode_tokens_per_s": steps / decode_s,
             "decode_best_tokens_per_s": steps / decode_best_s, "decode_e2e_tokens_per_s": new_tokens / total_s,
             "decode_peak_mb": peak}

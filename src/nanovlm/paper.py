@@ -13,7 +13,6 @@ the long ones asked for with their own question, so one model learns both and is
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .kinds import Document, Entry
 from .render import (HAND_FAMILIES, INKS, PRINTED_FAMILIES, Box, Canvas, bold_of, fit_size, font, signature,
-                     stamp, union)
+                     stamp)
 
 LAYOUTS = ("label-left", "label-above", "boxes", "table")
 MARGIN = 12
