@@ -207,6 +207,15 @@ def test_train_logs_probe_and_grad_norms(tmp_path, dataset, monkeypatch):
     assert [r["step"] for r in lines if "probe_shape" in r] == [2, 4]
 
 
+def test_contrastive_refuses_packed_rows():
+    from nanovlm.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="pack"):
+        TrainConfig(contrastive_weight=0.5, pack=True)
+    with pytest.raises(ConfigError, match="contrastive_weight"):
+        TrainConfig(contrastive_weight=-1)
+
+
 def test_cli_writes_shapes_and_scores_them(tmp_path, capsys):
     out = tmp_path / "data"
     assert cli.main(["data", "shapes", "--out", str(out), "--n", "12", "--image-size", "32", "--shapes",

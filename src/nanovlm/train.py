@@ -108,6 +108,8 @@ class TrainConfig:
             check(value is None or 0 < value <= 1, f"{name} must be in (0, 1], got {value}")
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(0 <= self.contrastive_weight <= 100, f"contrastive_weight must be in [0, 100], got {self.contrastive_weight}")
+        check(not (self.contrastive_weight and self.pack),
+              "contrastive_weight pairs each row's picture with its text: it cannot be combined with pack=true")
         check(0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay}")
         check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         check(self.num_workers <= 64 and self.threads <= 1024, "num_workers must be <= 64 and threads <= 1024")
