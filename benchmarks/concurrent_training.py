@@ -4,7 +4,13 @@
 
 A fair share of 2 cores between 2 runs makes each about 2x slower. Far worse than that means the runs fight:
 each asks for as many threads as there are cores (oversubscription) and OpenMP threads spin while they wait for
-work, burning the time the other run needed. Each setting below is measured alone and as a pair.
+work, burning the time the other run needed. Each setting below is measured alone and as a pair. Measured on
+the 2-core development machine, 2026-11-26, 100 demo steps (seconds; slowdown = pair / alone):
+
+    threads=2 (torch's default, before)   alone 16.0   pair 128.7 / 128.9   8.06x
+    OMP_WAIT_POLICY=PASSIVE               alone 19.0   pair  77.3 /  77.5   4.08x
+    threads=1                             alone 25.1   pair  25.1 /  25.4   1.01x
+    default now (cpu_share.py)            alone 16.6   pair  29.5 /  27.2   1.78x
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import time
 from pathlib import Path
 
 SETTINGS = {
-    "default": {},                                               # what a user gets with no flags
+    "default": {},                                               # what a user gets with no flags (cpu_share.py)
+    "threads=2": {"__threads": "2"},                             # torch's own default before cpu_share: 8x slower
     "spin-off": {"OMP_WAIT_POLICY": "PASSIVE"},                  # OpenMP threads sleep instead of spinning
     "threads=1": {"__threads": "1"},                             # each run keeps to one thread
 }

@@ -27,6 +27,7 @@ from .config import (ConfigError, VLMConfig, _check_choice, all_model_keys, did_
                      typed_kwargs)
 from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate, collate_packed
+from .cpu_share import CpuShare
 from .devices import resolve_device
 from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
@@ -82,7 +83,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
     device: str = "auto"                          # auto | cpu | cuda
-    threads: int = 0                              # torch CPU threads; 0 = torch's default
+    threads: int = 0                              # torch CPU threads; 0 = a fair share of the cores (cpu_share.py)
     report_to: list = field(default_factory=list) # "wandb" and/or "tensorboard" (used only when installed)
     resume: bool = False                          # continue from out/last (its model, optimizer and tokenizer)
     overwrite: bool = False                       # replace an existing run in `out`
@@ -358,31 +359,39 @@ def train(tcfg: TrainConfig) -> dict:
     start_time, start_step = time.time() - state["elapsed_s"], state["step"]
     stop = False
     probe = None
-    while state["step"] < tcfg.steps and not stop:
-        step = state["step"]
-        set_learning_rates(optimizer, lr_at(step, tcfg))
-        model.train()
-        t0 = time.time()
-        loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt)
-        state["step"] = step + 1
-        state["elapsed_s"] = time.time() - start_time
-        record = {"step": step + 1, "loss": loss, **learning_rates(optimizer), **grad_norms(model),
-                  "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0),
-                  "elapsed_s": round(state["elapsed_s"], 3)}   # training time so far (compare runs by time)
-        if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
-            record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
-            if tcfg.select_by != "loss":
-                record[f"val_{tcfg.select_by}"] = evaluate_task(model, tokenizer, val_set.records, tcfg, rt)
-            stop = update_best(state, record, tcfg)
-            if rt.is_main:
-                if state["evals_without_improvement"] == 0:
-                    checkpoint.save_checkpoint(out / "best", model, optimizer, state, tokenizer)
-                checkpoint.save_checkpoint(out / "last", model, optimizer, state, tokenizer)
-            barrier(rt)
-        if tcfg.probe_every and (step + 1) % tcfg.probe_every == 0 and rt.is_main:
-            probe = probe or ShapeProbe(model_cfg.vision)
-            record.update(probe(model))
-        logger.log(record, progress)
+    # Without --threads, share the cores fairly with other nanovlm processes (see cpu_share.py for the 8x why).
+    cpu_share = CpuShare() if not tcfg.threads and rt.device.type == "cpu" else None
+    try:
+        while state["step"] < tcfg.steps and not stop:
+            step = state["step"]
+            if cpu_share:
+                cpu_share.update(step)
+            set_learning_rates(optimizer, lr_at(step, tcfg))
+            model.train()
+            t0 = time.time()
+            loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt)
+            state["step"] = step + 1
+            state["elapsed_s"] = time.time() - start_time
+            record = {"step": step + 1, "loss": loss, **learning_rates(optimizer), **grad_norms(model),
+                      "tokens_per_s": n_tokens * rt.world_size / (time.time() - t0),
+                      "elapsed_s": round(state["elapsed_s"], 3)}   # training time so far (compare runs by time)
+            if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
+                record["val_loss"] = evaluate_loss(model, val_loader, tcfg, rt)
+                if tcfg.select_by != "loss":
+                    record[f"val_{tcfg.select_by}"] = evaluate_task(model, tokenizer, val_set.records, tcfg, rt)
+                stop = update_best(state, record, tcfg)
+                if rt.is_main:
+                    if state["evals_without_improvement"] == 0:
+                        checkpoint.save_checkpoint(out / "best", model, optimizer, state, tokenizer)
+                    checkpoint.save_checkpoint(out / "last", model, optimizer, state, tokenizer)
+                barrier(rt)
+            if tcfg.probe_every and (step + 1) % tcfg.probe_every == 0 and rt.is_main:
+                probe = probe or ShapeProbe(model_cfg.vision)
+                record.update(probe(model))
+            logger.log(record, progress)
+    finally:
+        if cpu_share:
+            cpu_share.close()
     progress.close()
     logger.finish()
     summary = {"steps": state["step"], "final_loss": logger.last_loss, "best_val_loss": state["best_val_loss"],
