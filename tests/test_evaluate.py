@@ -6,19 +6,11 @@ import pytest
 
 from nanovlm.config import ConfigError, from_name
 from nanovlm.data.format import DatasetFormatError
-from nanovlm.data.synth import make_scenes
 from nanovlm.evaluate import SCORERS, Item, Scorer, available_scorers, evaluate, get_scorer, register_scorer, \
     write_report
 from nanovlm.evaluate.runner import collect_items, format_markdown, join_answer, report_paths
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scenes")
-    make_scenes(folder, n=40, style="short", image_size=32, seed=0, progress=False)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +82,15 @@ def test_limit_must_be_a_positive_whole_number(limit):
         collect_items(FirstWordScorer(), [], limit)
 
 
-def test_runner_batches_limits_scores_and_groups(scenes, oracle):
-    records = [json.loads(line) for line in (scenes / "records.jsonl").read_text().splitlines()]
+def test_runner_batches_limits_scores_and_groups(small_scenes, oracle):
+    records = [json.loads(line) for line in (small_scenes / "records.jsonl").read_text().splitlines()]
     items = collect_items(FirstWordScorer(), [r for r in records if r.get("split") == "train"], limit=7)
     assert len(items) == 7 and not any(i.id.endswith("3") for i in items)
 
     answers = [i.reference for i in items]
     answers[1] = "Wrong"
-    result = evaluate(Oracle(answers), scenes, "_first_word", split="train", limit=7, batch_size=3, progress=False)
+    result = evaluate(Oracle(answers), small_scenes, "_first_word", split="train", limit=7, batch_size=3,
+                      progress=False)
     assert [c["n"] for c in oracle] == [3, 3, 1] and oracle[0]["max_new_tokens"] == 3
     assert all(len(per_item) == 1 for c in oracle for per_item in c["images"])   # one list of images per question
     assert result["summary"]["questions"] == 7 and result["summary"]["accuracy"] == pytest.approx(6 / 7)
@@ -108,14 +101,14 @@ def test_runner_batches_limits_scores_and_groups(scenes, oracle):
     assert "| accuracy | 85.7% |" in result["table"] and "| by kind | n | accuracy |" in result["table"]
     # nothing to ask is an error naming the task
     with pytest.raises(DatasetFormatError, match="no val records that the '_first_word' task can score"):
-        evaluate(Oracle([]), scenes, "_first_word", records=[r for r in records if r["id"].endswith("3")],
+        evaluate(Oracle([]), small_scenes, "_first_word", records=[r for r in records if r["id"].endswith("3")],
                  split="val", progress=False)
 
 
-def test_grounding_on_the_runner_scores_reference_descriptions_perfectly(scenes, oracle):
-    records = [json.loads(line) for line in (scenes / "records.jsonl").read_text().splitlines()]
+def test_grounding_on_the_runner_scores_reference_descriptions_perfectly(small_scenes, oracle):
+    records = [json.loads(line) for line in (small_scenes / "records.jsonl").read_text().splitlines()]
     references = [r["texts"][0]["assistant"] for r in records]
-    result = evaluate(Oracle(references), scenes, "grounding", split=None, records=records, batch_size=16,
+    result = evaluate(Oracle(references), small_scenes, "grounding", split=None, records=records, batch_size=16,
                       progress=False)
     summary = result["summary"]
     assert summary["scenes"] == len(records) and summary["object_accuracy"] == 1.0 and summary["scene_accuracy"] == 1.0
@@ -127,9 +120,9 @@ def test_grounding_on_the_runner_scores_reference_descriptions_perfectly(scenes,
     assert "| hallucinations per scene | 0.00 |" in result["table"]
 
 
-def test_reports_are_written_as_json_jsonl_and_markdown(scenes, oracle, tmp_path):
-    records = [json.loads(line) for line in (scenes / "records.jsonl").read_text().splitlines()][:5]
-    result = evaluate(Oracle([r["texts"][0]["assistant"] for r in records]), scenes, "grounding", records=records,
+def test_reports_are_written_as_json_jsonl_and_markdown(small_scenes, oracle, tmp_path):
+    records = [json.loads(line) for line in (small_scenes / "records.jsonl").read_text().splitlines()][:5]
+    result = evaluate(Oracle([r["texts"][0]["assistant"] for r in records]), small_scenes, "grounding", records=records,
                       progress=False)
     paths = write_report(result, tmp_path / "out" / "grounding.json")
     assert paths == report_paths(tmp_path / "out" / "grounding")
@@ -150,8 +143,8 @@ def test_markdown_table_and_answer_joining():
     assert join_answer("", "  yes ") == "yes" and join_answer("I see", "") == "I see"
 
 
-def test_a_real_model_runs_through_the_runner(scenes, tiny_model):
-    result = evaluate(tiny_model, scenes, "grounding", split="train", limit=3, batch_size=2, max_new_tokens=4,
+def test_a_real_model_runs_through_the_runner(small_scenes, tiny_model):
+    result = evaluate(tiny_model, small_scenes, "grounding", split="train", limit=3, batch_size=2, max_new_tokens=4,
                       progress=False)
     assert len(result["samples"]) == 3 and result["summary"]["scenes"] == 3
     assert all(isinstance(s["answer"], str) for s in result["samples"])

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanovlm.config import all_model_keys
-from nanovlm.data.synth import make_scenes
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.tokenizer import Tokenizer
 from nanovlm.train import TrainConfig
@@ -33,13 +32,6 @@ def tree_digest(folder: Path) -> str:
         h.update(str(path.relative_to(folder)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scenes")
-    make_scenes(folder, n=40, style="short", image_size=32, seed=0, progress=False)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def test_info_with_random_model_keys(capsys, pairs):
 @FUZZ
 @given(pairs=st.lists(st.tuples(st.one_of(train_keys, model_keys, odd_keys), texts), min_size=1, max_size=3),
        steps=st.one_of(st.none(), st.sampled_from(["1", "0", "-3", "1.5", "abc", "2"])))
-def test_train_options_are_parsed_and_checked_before_training(capsys, monkeypatch, scenes, tmp_path_factory,
+def test_train_options_are_parsed_and_checked_before_training(capsys, monkeypatch, small_scenes, tmp_path_factory,
                                                               pairs, steps):
     """The command line up to the TrainConfig and model config; the training itself is replaced by a check."""
     reached = []
@@ -99,7 +91,7 @@ def test_train_options_are_parsed_and_checked_before_training(capsys, monkeypatc
 
     monkeypatch.setattr("nanovlm.train.train", fake_train)
     out = tmp_path_factory.mktemp("run")
-    argv = ["train", "--preset", "tiny", "--data", scenes, "--out", out,
+    argv = ["train", "--preset", "tiny", "--data", small_scenes, "--out", out,
             *(["--steps", steps] if steps else []), *[a for k, v in pairs for a in ("--set", f"{k}={v}")]]
     code, _, err = run_cli(capsys, *argv)
     assert_clean(code, err)
@@ -108,7 +100,8 @@ def test_train_options_are_parsed_and_checked_before_training(capsys, monkeypatc
         assert tcfg.steps >= 1 and tcfg.lr > 0 and tcfg.grad_clip >= 0 and isinstance(tcfg.freeze, list)
 
 
-gen_values = st.one_of(st.integers(-5, 12).map(str), st.sampled_from(["200", "100000"]), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+gen_values = st.one_of(st.integers(-5, 12).map(str), st.sampled_from(["200", "100000"]),
+                       st.floats(allow_nan=True, allow_infinity=True).map(repr),
                        st.sampled_from(["abc", "", "1e400", "0.5", "1", "0"]))
 
 
@@ -146,9 +139,9 @@ def test_generate_with_random_flags_and_prompts(capsys, model_dir, image, flags,
     (["--steps", "abc"], "--steps must be a whole number"),
     (["--device", "tpu"], "device must be one of"),
 ])
-def test_bad_training_options_are_one_error_before_any_file(capsys, scenes, tmp_path, args, message):
+def test_bad_training_options_are_one_error_before_any_file(capsys, small_scenes, tmp_path, args, message):
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--data", scenes, "--out", out, *args)
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--data", small_scenes, "--out", out, *args)
     assert_clean(code, err, allowed=(2,))
     assert message in err, err
     assert not out.exists(), "nothing may be written before the options are checked"
@@ -166,10 +159,10 @@ def test_typed_set_values_reach_the_config():
         ("rmsnorm", "swiglu", "rope", False)
 
 
-def test_train_never_replaces_a_run_or_its_tokenizer_without_overwrite(capsys, scenes, tmp_path):
+def test_train_never_replaces_a_run_or_its_tokenizer_without_overwrite(capsys, small_scenes, tmp_path):
     out = tmp_path / "run"
-    base = ["train", "--preset", "tiny", "--data", scenes, "--out", out, "--steps", "1", "--quiet", "--threads", "1",
-            "--batch-size", "4", "--set", "eval_batches=1", "--set", "warmup_steps=0"]
+    base = ["train", "--preset", "tiny", "--data", small_scenes, "--out", out, "--steps", "1", "--quiet",
+            "--threads", "1", "--batch-size", "4", "--set", "eval_batches=1", "--set", "warmup_steps=0"]
     assert run_cli(capsys, *base)[0] == 0
     before = tree_digest(out)
     code, _, err = run_cli(capsys, *base)
@@ -180,11 +173,11 @@ def test_train_never_replaces_a_run_or_its_tokenizer_without_overwrite(capsys, s
     assert code == 0, err
 
 
-def test_demo_refuses_to_replace_another_dataset(capsys, scenes, tmp_path):
+def test_demo_refuses_to_replace_another_dataset(capsys, small_scenes, tmp_path):
     import shutil
 
     out = tmp_path / "demo"
-    shutil.copytree(scenes, out / "data")
+    shutil.copytree(small_scenes, out / "data")
     before = tree_digest(out)
     code, _, err = run_cli(capsys, "demo", "--out", out, "--n", "40", "--steps", "1", "--eval-scenes", "2")
     assert_clean(code, err, allowed=(2,))
