@@ -227,6 +227,31 @@ def test_patch_stems_give_one_token_per_patch(stem):
         assert x.grad[0, :, 8:, :].abs().sum() == 0 and x.grad[0, :, :, 8:].abs().sum() == 0
 
 
+def test_resnet_stem_sees_past_its_patch_and_keeps_images_apart_in_eval():
+    cfg = tiny_config(**{"vision.patch_stem": "resnet", "vision.stem_channels": 16})
+    stem = VisionLanguageModel(cfg).vision.patch_stem.eval()     # eval: batch norm uses its running statistics
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = stem(x)
+    assert out.shape == (2, cfg.vision.num_patches, cfg.vision.width)
+    out[0, 0].sum().backward()
+    assert x.grad[1].abs().sum() == 0                                    # no batch statistics across images
+    assert x.grad[0, :, 16:24, :8].abs().sum() > 0                        # a receptive field of 43 px, not 15
+
+
+def test_resnet_stem_batch_statistics_are_saved_and_restored(tmp_path):
+    cfg = tiny_config(**{"vision.patch_stem": "resnet", "vision.stem_channels": 16})
+    model = VisionLanguageModel(cfg)
+    model.vision(torch.rand(4, 3, 32, 32) * 3)                 # train mode: moves running_mean/var off 0/1
+    model.save_pretrained(tmp_path)
+    again = VisionLanguageModel.from_pretrained(tmp_path)
+    running = {k: v for k, v in model.state_dict().items() if "running_" in k}
+    assert running and all(not torch.equal(v, torch.zeros_like(v)) for k, v in running.items() if "mean" in k)
+    for key, value in running.items():
+        assert torch.equal(again.state_dict()[key], value), key
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(again.vision(images), model.eval().vision(images))
+
+
 def test_convnet_stem_needs_a_power_of_two_patch():
     with pytest.raises(ConfigError, match="power of two"):
         tiny_config(**{"vision.patch_stem": "convnet", "vision.patch_size": 12, "vision.image_size": 36})

@@ -139,9 +139,10 @@ class VisionConfig:
     n_head: int = 12
     mlp_hidden: int = 3072
     patch_stem: str = "linear"        # "linear": one conv, kernel = stride = patch (SigLIP); "conv2": the paper's stem;
-                                      # "convnet": 3 x 3 stride-2 convs (a small CNN); "efficientnet_lite0": the
+                                      # "convnet": 3 x 3 stride-2 convs (a small CNN); "resnet": the same
+                                      # with batch norms and a residual conv per stage; "efficientnet_lite0": the
                                       # first blocks of an ImageNet CNN (load its weights with vision_init=...)
-    stem_channels: int = 0            # conv2 / convnet: channels of the (last) conv (0 -> width // 2)
+    stem_channels: int = 0            # conv2 / convnet / resnet: channels of the (last) conv (0 -> width // 2)
     use_cls: bool = False             # prepend a learned [CLS] token (the paper); SigLIP has none
     activation: str = "gelu_tanh"     # "gelu_tanh" (SigLIP) or "gelu"
     norm_eps: float = 1e-6
@@ -150,7 +151,7 @@ class VisionConfig:
     image_std: tuple[float, ...] = SIGLIP_STD
 
     def __post_init__(self):
-        _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet", "efficientnet_lite0"))
+        _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet", "resnet", "efficientnet_lite0"))
         _check_choice("vision.activation", self.activation, ("gelu", "gelu_tanh"))
         _check(8 <= self.image_size <= 4096, f"vision.image_size must be in 8..4096 pixels, got {self.image_size}")
         _check(1 <= self.patch_size <= self.image_size,
@@ -169,8 +170,8 @@ class VisionConfig:
             raise ConfigError(f"vision.width {self.width} is not divisible by n_head {self.n_head}")
         if self.patch_stem == "conv2" and self.patch_size % 4:
             raise ConfigError("the conv2 stem downsamples in two stride-(patch/4, 4) steps: patch_size must be a multiple of 4")
-        if self.patch_stem == "convnet" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-            raise ConfigError("the convnet stem halves the picture per conv: patch_size must be a power of two >= 2")
+        if self.patch_stem in ("convnet", "resnet") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(f"the {self.patch_stem} stem halves the picture per conv: patch_size must be a power of two >= 2")
         if self.patch_stem == "efficientnet_lite0" and self.patch_size not in (2, 4, 8, 16, 32):
             raise ConfigError("the efficientnet_lite0 stem downsamples by 2, 4, 8, 16 or 32: patch_size must be one "
                               f"of them, got {self.patch_size}")

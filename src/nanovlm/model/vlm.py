@@ -296,7 +296,8 @@ class VisionLanguageModel(nn.Module):
             self.decoder.lm_head.weight = self.decoder.tok_emb.weight
 
     def _state_to_save(self) -> dict[str, torch.Tensor]:
-        state = self.state_dict()
+        # A batch norm's step counter is an integer used only without a momentum: not a weight, not saved.
+        state = {k: v for k, v in self.state_dict().items() if not k.endswith("num_batches_tracked")}
         if self.cfg.decoder.tie_embeddings:
             state.pop("decoder.lm_head.weight")
         return state
