@@ -11,6 +11,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from nanovlm.model.layers import Attention, SwiGLU
+from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.sampling import GenerationConfig
 from nanovlm.serve.app import create_app
 from nanovlm.serve.batching import Batcher, Job
@@ -67,11 +69,31 @@ def test_prepacked_decode_weights_give_the_same_tokens(model):
     packed = model.pack_decode_weights()
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.decoder.modules())
-        assert len(packed) == n_linear
+        assert sum(isinstance(k, torch.nn.Linear) for k in packed) == n_linear
+        assert sum(isinstance(k, Attention) for k in packed) == model.cfg.decoder.n_layer   # fused q, k, v
     prompt, image = torch.cat([_prompt(model)] * 2), torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
     plain = model.generate(prompt, image, max_new_tokens=8, eos_token_id=-1)
     assert torch.equal(model.generate(prompt, image, max_new_tokens=8, eos_token_id=-1, packed_weights=packed), plain)
     assert torch.backends.mkldnn.enabled
+
+
+def test_fused_prepacked_weights_of_a_llama_decoder_give_the_same_logits():
+    """q/k/v and SwiGLU's gate/up fused into one packed product each (GQA: k and v narrower than q)."""
+    from conftest import tiny_config
+    torch.manual_seed(0)
+    cfg = tiny_config(**{"decoder.flavour": "llama", "decoder.n_head": 4, "decoder.n_kv_head": 2})
+    model = VisionLanguageModel(cfg).eval().to(torch.bfloat16)
+    packed = model.pack_decode_weights()
+    if not packed:
+        pytest.skip("oneDNN has no bf16 kernels on this CPU")
+    assert sum(isinstance(k, SwiGLU) for k in packed) == cfg.decoder.n_layer
+    prompt = torch.tensor([[cfg.image_token_id] * cfg.image_tokens_per_image + [5, 6, 7]] * 2)
+    image = torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+    tokens, logits = model.generate(prompt, image, max_new_tokens=6, eos_token_id=-1, return_logits=True)
+    fused_tokens, fused_logits = model.generate(prompt, image, max_new_tokens=6, eos_token_id=-1, return_logits=True,
+                                                packed_weights=packed)
+    assert torch.equal(fused_tokens, tokens)
+    torch.testing.assert_close(fused_logits, logits, atol=2e-2, rtol=2e-2)
 
 
 # ------------------------------------------------------------------------------------------ endpoints
@@ -233,6 +255,37 @@ def _jobs_in_one_batch(model, configs):
             batcher.shutdown()
 
     return asyncio.run(go())
+
+
+def test_a_lone_request_after_a_lone_request_does_not_wait_for_company(model, monkeypatch):
+    """The batch window is waited while requests come together; after a batch of one, the next job starts at once."""
+    waits = []
+    real_take = Batcher._take
+
+    def take(self, timeout):
+        waits.append(timeout)
+        return real_take(self, timeout)
+
+    monkeypatch.setattr(Batcher, "_take", take)
+    image = [__import__("PIL.Image", fromlist=["Image"]).new("RGB", (32, 32), "red")]
+
+    async def go():
+        batcher = Batcher(model, max_batch_size=4, window_ms=200)
+        try:
+            for _ in range(2):
+                waits.clear()
+                job = batcher.submit(Job(_prompt(model, "I see")[0].tolist(), image, GenerationConfig(max_new_tokens=2)))
+                await job.result()
+                yield [w for w in waits if w != 0.05]     # 0.05: the worker's idle poll
+        finally:
+            batcher.shutdown()
+
+    async def collect():
+        return [w async for w in go()]
+
+    first, second = asyncio.run(collect())
+    assert first and max(first) > 0.1          # a fresh server waits for company
+    assert second and max(second) <= 0         # after a lone request: no window
 
 
 def test_batched_jobs_keep_their_own_max_tokens_and_stop_strings(model):

@@ -207,7 +207,8 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
     async def lifespan(app):
         state["batcher"] = Batcher(model, max_batch_size=cfg.max_batch_size if cfg.batching else 1,
                                    window_ms=cfg.batch_window_ms if cfg.batching else 0.0,
-                                   queue_size=cfg.queue_size, on_batch=metrics.observe_batch)
+                                   queue_size=cfg.queue_size, on_batch=metrics.observe_batch,
+                                   threads=cfg.threads or None)
         metrics.queue_depth.set_function(lambda: state["batcher"].queue_depth() if state["batcher"] else 0)
         try:
             yield

@@ -3,7 +3,9 @@
 One worker thread owns the model. Web handlers (on the event loop) `submit()` a Job and await its result or
 read its stream; submit() refuses at once (QueueFull -> HTTP 503) when the bounded queue is full.
 
-The worker takes the first waiting job, waits up to `window_ms` for more, and runs up to `max_batch_size` jobs
+The worker takes the first waiting job, waits up to `window_ms` for more (only while requests come together: a
+job that finds the server idle after a batch of one starts at once, since nothing suggests company is coming;
+that keeps the lone client's latency at the model's), and runs up to `max_batch_size` jobs
 that can share one sampler (all greedy ones together; sampled ones with equal temperature / top-k / top-p; a
 seeded one alone, so that its answer does not depend on its neighbours) as one left-padded batch through
 `model.generate_steps()`. Each job keeps its own max_new_tokens and stop strings: after every step each job
@@ -80,13 +82,15 @@ class Job:
 
 class Batcher:
     def __init__(self, model, max_batch_size: int = 32, window_ms: float = 5.0, queue_size: int = 64,
-                 on_batch=None):
+                 on_batch=None, threads: int | None = None):
         self.model = model
+        self.threads = threads              # torch threads of the worker (None: leave torch's setting)
         self.tokenizer = model.tokenizer
         # bf16 on CPU: the decoder's weights prepacked for oneDNN once, used by every batch (faster decoding)
         self.packed_weights = model.pack_decode_weights()
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = window_ms / 1000
+        self._last_batch_size = None        # after a batch of ONE, the next job skips the window
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self._held: list[Job] = []          # taken from the queue but not fitting the current batch's sampler
         self._accepting = True
@@ -130,6 +134,8 @@ class Batcher:
     # ------------------------------------------------------------------ the worker thread
 
     def _work(self):
+        if self.threads:
+            torch.set_num_threads(self.threads)
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -161,7 +167,9 @@ class Batcher:
             if first is None and self._stop.is_set() and self._queue.empty() and not self._held:
                 return None
         batch, key = [first], first.sampler_key()
-        deadline = time.perf_counter() + self.window_s
+        alone = self._last_batch_size == 1 and self._queue.empty() and not self._held
+        window = 0.0 if alone else self.window_s
+        deadline = time.perf_counter() + window
         skipped = []
         while len(batch) < self.max_batch_size:
             job = self._take(timeout=deadline - time.perf_counter())
@@ -169,6 +177,7 @@ class Batcher:
                 break
             (batch if job.sampler_key() == key else skipped).append(job)
         self._held = skipped + self._held
+        self._last_batch_size = len(batch)
         return batch
 
     def _run(self, batch: list[Job]):
