@@ -207,6 +207,38 @@ def test_train_logs_probe_and_grad_norms(tmp_path, dataset, monkeypatch):
     assert [r["step"] for r in lines if "probe_shape" in r] == [2, 4]
 
 
+def test_contrastive_warmup_step_trains_the_encoder_and_leaves_the_decoder_blocks_alone():
+    from nanovlm.train import Runtime, TrainConfig, train_step
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    ids = torch.randint(0, 100, (4, cfg.image_tokens_per_image + 8))
+    ids[:, : cfg.image_tokens_per_image] = cfg.image_token_id
+    labels = ids.roll(-1, 1)
+    labels[:, : cfg.image_tokens_per_image] = -100
+    batch = {"input_ids": ids, "labels": labels, "images": torch.randn(4, 3, 32, 32)}
+    tcfg = TrainConfig(steps=10, contrastive_warmup_steps=5, precision="fp32")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, _ = train_step(model, optimizer, scaler, iter([batch]), tcfg, Runtime(), contrastive_only=True)
+    assert 0 < loss < 10                                            # the contrastive loss of 4 pairs (ln 4 at chance)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("vision.") for k in changed) and any(k.startswith("projector.") for k in changed)
+    assert "decoder.tok_emb.weight" in changed                      # the text side of the contrastive loss
+    assert not any(k.startswith("decoder.blocks.") for k in changed)
+
+
+def test_contrastive_warmup_steps_are_checked():
+    from nanovlm.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="fewer than steps"):
+        TrainConfig(steps=100, contrastive_warmup_steps=100)
+    with pytest.raises(ConfigError, match="pack"):
+        TrainConfig(contrastive_warmup_steps=10, pack=True)
+
+
 def test_contrastive_refuses_packed_rows():
     from nanovlm.train import TrainConfig
 

@@ -78,6 +78,9 @@ class TrainConfig:
     probe_every: int = 0
     # weight of the image-text contrastive loss added to the language-model loss (nanovlm.contrastive); 0 = off
     contrastive_weight: float = 0.0
+    # the first N steps train on the contrastive loss ALONE (a CLIP-style warm-up of the vision encoder and the
+    # projector against the decoder's word embeddings), before the language-model loss joins; 0 = off
+    contrastive_warmup_steps: int = 0
     vision_init: str | None = None                # safetensors to start the vision encoder from (nanovlm convert efficientnet)
     pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
@@ -102,15 +105,18 @@ class TrainConfig:
             _check_choice("select_by", self.select_by, tasks)
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "select_questions"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "patience", "seed", "num_workers", "threads", "probe_every"):
+        for name in ("warmup_steps", "patience", "seed", "num_workers", "threads", "probe_every",
+                     "contrastive_warmup_steps"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "lr_vision", "lr_projector", "lr_decoder"):
             value = getattr(self, name)
             check(value is None or 0 < value <= 1, f"{name} must be in (0, 1], got {value}")
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(0 <= self.contrastive_weight <= 100, f"contrastive_weight must be in [0, 100], got {self.contrastive_weight}")
-        check(not (self.contrastive_weight and self.pack),
-              "contrastive_weight pairs each row's picture with its text: it cannot be combined with pack=true")
+        check(not ((self.contrastive_weight or self.contrastive_warmup_steps) and self.pack),
+              "the contrastive loss pairs each row's picture with its text: it cannot be combined with pack=true")
+        check(self.contrastive_warmup_steps < self.steps,
+              f"contrastive_warmup_steps ({self.contrastive_warmup_steps}) must be fewer than steps ({self.steps})")
         check(0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay}")
         check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         check(self.num_workers <= 64 and self.threads <= 1024, "num_workers must be <= 64 and threads <= 1024")
@@ -346,7 +352,8 @@ def train(tcfg: TrainConfig) -> dict:
     ddp_model = model
     if rt.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            find_unused_parameters=tcfg.contrastive_warmup_steps > 0)   # the warm-up leaves the decoder unused
     scaler = torch.amp.GradScaler("cuda", enabled=tcfg.precision == "fp16")
     logger = MetricsLogger(out, tcfg, rt, resumed_step=state["step"])
     if rt.is_main:
@@ -369,7 +376,8 @@ def train(tcfg: TrainConfig) -> dict:
             set_learning_rates(optimizer, lr_at(step, tcfg))
             model.train()
             t0 = time.time()
-            loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt)
+            loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt,
+                                        contrastive_only=step < tcfg.contrastive_warmup_steps)
             state["step"] = step + 1
             state["elapsed_s"] = time.time() - start_time
             record = {"step": step + 1, "loss": loss, **learning_rates(optimizer), **grad_norms(model),
@@ -404,9 +412,10 @@ def train(tcfg: TrainConfig) -> dict:
     return summary
 
 
-def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime) -> tuple[float, int]:
+def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime,
+               contrastive_only: bool = False) -> tuple[float, int]:
     """One optimizer step over grad_accum micro-batches. Returns the mean loss (over all ranks) and the number
-    of tokens this rank processed."""
+    of tokens this rank processed. contrastive_only: the warm-up's step, the contrastive loss alone."""
     optimizer.zero_grad(set_to_none=True)
     total_loss, n_tokens = 0.0, 0
     for micro in range(tcfg.grad_accum):
@@ -416,10 +425,15 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
         # DDP: only the last micro-batch needs to all-reduce gradients
         sync = micro == tcfg.grad_accum - 1 or rt.world_size == 1
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(tcfg, rt.device):
-            _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
-            if tcfg.contrastive_weight and images is not None:
-                loss = loss + tcfg.contrastive_weight * image_text_contrastive(
-                    getattr(model, "module", model), ids, images, labels)
+            if contrastive_only:
+                if images is None:
+                    raise ValueError("contrastive_warmup_steps needs a picture in every training sample")
+                loss = image_text_contrastive(getattr(model, "module", model), ids, images, labels)
+            else:
+                _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
+                if tcfg.contrastive_weight and images is not None:
+                    loss = loss + tcfg.contrastive_weight * image_text_contrastive(
+                        getattr(model, "module", model), ids, images, labels)
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()
