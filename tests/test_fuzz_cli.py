@@ -57,7 +57,7 @@ def image(tmp_path_factory):
 texts = st.one_of(
     st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["true", "false", "none", "", "[]", "{}", "[\"vision\"]", "vision,decoder", "abc", "1.5", "-1",
-                     "0", "1e9", "nan", "gpt", "llama", "rope", "mlp", "convnet", "64", "8"]),
+                     "0", "1e9", "nan", "gpt", "llama", "rope", "mlp", "convnet", "resnet", "64", "8"]),
     st.text(string.printable, max_size=12))
 model_keys = st.sampled_from(all_model_keys())
 train_keys = st.sampled_from(TRAIN_KEYS)
