@@ -101,6 +101,8 @@ def pack_linear_weights(module: nn.Module) -> dict:
             biases = [p.bias for p in parts]
             bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
             packed[m] = FusedWeight(pack(torch.cat([p.weight for p in parts])), bias, [p.out_features for p in parts])
+            for p in parts:                  # only the fused copy is read: do not keep the weights twice
+                del packed[p]
     return packed
 
 
