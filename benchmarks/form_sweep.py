@@ -25,7 +25,8 @@ from pathlib import Path
 OLD = ["--lr", "2e-3", "--set", "lr_vision=1e-4", "--set", "lr_projector=1e-4"]
 EFFNET = ["--set", "vision.patch_stem=efficientnet_lite0", "--set", "vision.n_layer=0", "--set", "vision.use_cls=false",
           "--set", "vision.image_mean=0.498,0.498,0.498", "--set", "vision.image_std=0.502,0.502,0.502",
-          "--lr", "2e-3", "--set", "lr_vision=1e-4", "--set", "lr_projector=2e-3"]
+          "--lr", "2e-3", "--set", "lr_vision=1e-4", "--set", "lr_projector=2e-3",
+          "--set", "vision_init={efficientnet}"]
 
 RESNET = ["--set", "vision.patch_stem=resnet"]
 
@@ -64,8 +65,7 @@ def run_recipe(name: str, extra: list[str], args) -> dict:
               "--batch-size", "32", "--device", args.device, "--threads", str(args.threads),
               "--set", "warmup_steps=100", "--set", "augment=false", "--set", "eval_every=500",
               "--set", "probe_every=250", "--set", "progress=false"]
-    if "effnet" in name:
-        common += ["--set", f"vision_init={args.efficientnet}"]
+    extra = [option.format(efficientnet=args.efficientnet) for option in extra]
     log = open(f"{out}.log", "w")
     start = time.time()
     try:

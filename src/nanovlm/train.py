@@ -425,15 +425,15 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
         # DDP: only the last micro-batch needs to all-reduce gradients
         sync = micro == tcfg.grad_accum - 1 or rt.world_size == 1
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(tcfg, rt.device):
+            contrastive = lambda: image_text_contrastive(getattr(model, "module", model), ids, images, labels)
             if contrastive_only:
                 if images is None:
                     raise ValueError("contrastive_warmup_steps needs a picture in every training sample")
-                loss = image_text_contrastive(getattr(model, "module", model), ids, images, labels)
+                loss = contrastive()
             else:
                 _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
                 if tcfg.contrastive_weight and images is not None:
-                    loss = loss + tcfg.contrastive_weight * image_text_contrastive(
-                        getattr(model, "module", model), ids, images, labels)
+                    loss = loss + tcfg.contrastive_weight * contrastive()
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()
