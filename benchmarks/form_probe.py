@@ -2,6 +2,7 @@
 
     python benchmarks/form_probe.py init                 # probes of encoders as built (random / pretrained)
     python benchmarks/form_probe.py supervised --steps 300   # the demo encoder trained as a plain shape classifier
+    python benchmarks/form_probe.py supervised --stem resnet --steps 1000 --save runs/resnet_shapes.safetensors
     python benchmarks/form_probe.py plot runs/a runs/b --out benchmarks/form_probe.png   # probe_shape vs step
 
 `init` and `supervised` print one JSON line per measurement. The probe (nanovlm.probe.ShapeProbe) fits a linear
@@ -64,7 +65,7 @@ def run_supervised(args):
     """The reference a VLM should approach: the same encoder with a linear shape head on its pooled tokens,
     trained directly on shape labels (AdamW, lr 1e-3, batch 32, one-shape pictures never used by the probe)."""
     torch.manual_seed(0)
-    model = build({})
+    model = build({"vision.patch_stem": args.stem})
     vision = model.vision
     probe = ShapeProbe(model.cfg.vision, n=args.n)
     images, shapes, _ = probe_pictures(model.cfg.vision, n=args.train_pictures, seed=1)
@@ -83,6 +84,10 @@ def run_supervised(args):
         if step % args.probe_every == 0:
             print(json.dumps({"step": step, "loss": round(loss.item(), 3), "seconds": round(time.time() - start),
                               **{k: round(v, 3) for k, v in probe(model).items()}}), flush=True)
+    if args.save:   # a VLM run can start from this encoder: --set vision_init=PATH --set vision.patch_stem=STEM
+        from nanovlm.convert.vision_init import save_vision
+        save_vision(model, args.save)
+        print(f"wrote {args.save}")
 
 
 def run_plot(args):
@@ -121,6 +126,8 @@ def main():
     p.add_argument("--n", type=int, default=1200)
     p.add_argument("--train-pictures", type=int, default=4000)
     p.add_argument("--probe-every", type=int, default=50)
+    p.add_argument("--stem", default="convnet", help="vision.patch_stem of the demo encoder")
+    p.add_argument("--save", help="write the trained encoder here (safetensors; a VLM run's vision_init)")
     p.set_defaults(func=run_supervised)
     p = sub.add_parser("plot", help="probe_shape vs step from training runs' metrics.jsonl")
     p.add_argument("runs", nargs="+")

@@ -64,14 +64,16 @@ def test_generate_steps_yields_what_generate_returns(model):
     assert all(s.logprobs.shape == (1,) and float(s.logprobs) <= 0 for s in steps)
 
 
-def test_prepacked_decode_weights_give_the_same_tokens(model):
+def test_prepacked_weights_give_the_same_tokens(model):
+    """Every Linear is packed (encoder, projector, decoder: the prompt and the image use them too)."""
     model = model.to(torch.bfloat16)
-    packed = model.pack_decode_weights()
+    packed = model.pack_inference_weights()
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.decoder.modules())
-        n_layer = model.cfg.decoder.n_layer
-        assert sum(isinstance(k, Attention) for k in packed) == n_layer                   # q, k, v fused ...
-        assert sum(isinstance(k, torch.nn.Linear) for k in packed) == n_linear - 3 * n_layer   # ... not kept twice
+        n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        n_attention = sum(isinstance(m, Attention) for m in model.modules())
+        assert n_attention == model.cfg.decoder.n_layer + model.cfg.vision.n_layer
+        assert sum(isinstance(k, Attention) for k in packed) == n_attention                 # q, k, v fused ...
+        assert sum(isinstance(k, torch.nn.Linear) for k in packed) == n_linear - 3 * n_attention   # ... not twice
     prompt, image = torch.cat([_prompt(model)] * 2), torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
     plain = model.generate(prompt, image, max_new_tokens=8, eos_token_id=-1)
     assert torch.equal(model.generate(prompt, image, max_new_tokens=8, eos_token_id=-1, packed_weights=packed), plain)
@@ -84,7 +86,7 @@ def test_fused_prepacked_weights_of_a_llama_decoder_give_the_same_logits():
     torch.manual_seed(0)
     cfg = tiny_config(**{"decoder.flavour": "llama", "decoder.n_head": 4, "decoder.n_kv_head": 2})
     model = VisionLanguageModel(cfg).eval().to(torch.bfloat16)
-    packed = model.pack_decode_weights()
+    packed = model.pack_inference_weights()
     if not packed:
         pytest.skip("oneDNN has no bf16 kernels on this CPU")
     assert sum(isinstance(k, SwiGLU) for k in packed) == cfg.decoder.n_layer
@@ -286,7 +288,34 @@ def test_a_lone_request_after_a_lone_request_does_not_wait_for_company(model, mo
 
     first, second = asyncio.run(collect())
     assert first and max(first) > 0.1          # a fresh server waits for company
-    assert second and max(second) <= 0         # after a lone request: no window
+    assert all(w <= 0 for w in second)         # after a lone request: no window
+
+
+def test_a_batch_waits_for_as_many_jobs_as_the_last_one_had(model):
+    """Clients answered together come back one by one: after a batch of 3, the next batch takes 3 jobs that
+    arrive further apart than the window; when fewer come, it starts once max_wait is over."""
+    image = [__import__("PIL.Image", fromlist=["Image"]).new("RGB", (32, 32), "red")]
+    prompt = _prompt(model, "I see")[0].tolist()
+
+    async def jobs_apart(batcher, n, seconds):
+        jobs = []
+        for _ in range(n):
+            jobs.append(batcher.submit(Job(prompt, image, GenerationConfig(max_new_tokens=2))))
+            await asyncio.sleep(seconds)
+        return await asyncio.gather(*(j.result() for j in jobs))
+
+    async def go():
+        batcher = Batcher(model, max_batch_size=8, window_ms=20, max_wait_ms=800)
+        try:
+            return [await jobs_apart(batcher, 3, 0), await jobs_apart(batcher, 3, 0.1),
+                    await jobs_apart(batcher, 2, 0.1)]
+        finally:
+            batcher.shutdown()
+
+    together, apart, fewer = asyncio.run(go())
+    assert [j.batch_size for j in together] == [3, 3, 3]
+    assert [j.batch_size for j in apart] == [3, 3, 3]       # 0.1 s apart, 5x the window: still one batch
+    assert [j.batch_size for j in fewer] == [2, 2]          # the third never came: max_wait ended the wait
 
 
 def test_batched_jobs_keep_their_own_max_tokens_and_stop_strings(model):

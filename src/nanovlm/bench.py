@@ -199,7 +199,7 @@ def bench_decode(cfg, device, prompt_len: int, new_tokens: int, dtype: torch.dty
     generator = torch.Generator().manual_seed(1)
     ids, images = _sample(cfg, 1, prompt_len, device, generator)
     images = images.to(dtype)
-    packed = model.pack_decode_weights()      # once, as a server does: bf16 weights in oneDNN's layout ({} on GPU)
+    packed = model.pack_inference_weights()      # once, as a server does: bf16 weights in oneDNN's layout ({} on GPU)
 
     def timed(max_new_tokens: int) -> float:
         _sync(device)

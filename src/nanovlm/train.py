@@ -81,7 +81,7 @@ class TrainConfig:
     # the first N steps train on the contrastive loss ALONE (a CLIP-style warm-up of the vision encoder and the
     # projector against the decoder's word embeddings), before the language-model loss joins; 0 = off
     contrastive_warmup_steps: int = 0
-    vision_init: str | None = None                # safetensors to start the vision encoder from (nanovlm convert efficientnet)
+    vision_init: str | None = None                # vision encoder start: converted EfficientNet, model folder, vision.*
     pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
@@ -332,7 +332,7 @@ def train(tcfg: TrainConfig) -> dict:
         model = VisionLanguageModel(model_cfg).to(rt.device)
     model.card["datasets"] = [Path(tcfg.data).resolve().name]
     if tcfg.vision_init and not tcfg.resume:
-        from .convert.efficientnet import load_vision_init
+        from .convert.vision_init import load_vision_init
         load_vision_init(model, tcfg.vision_init)
     optimizer = build_optimizer(model, tcfg)
 

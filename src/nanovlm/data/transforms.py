@@ -17,10 +17,13 @@ def to_tensor(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
     """Resize to the encoder's square input and normalise: PIL RGB -> (3, S, S) float tensor."""
     if image.size != (cfg.image_size, cfg.image_size):
         image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0           # (S, S, 3)
-    mean = np.asarray(cfg.image_mean, dtype=np.float32)
-    std = np.asarray(cfg.image_std, dtype=np.float32)
-    return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
+    # numpy, not torch: torch would run these element-wise ops on an OpenMP team of the calling thread, and the
+    # server calls this from its request threads while the model's team works (see serve/server.py).
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)                  # (S, S, 3), 0..255
+    mean, std = np.asarray(cfg.image_mean, np.float32), np.asarray(cfg.image_std, np.float32)
+    pixels *= 1 / (255 * std)
+    pixels -= mean / std                                                         # (x / 255 - mean) / std
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
 
 def augment(image: Image.Image, rng: random.Random, max_rotation: float = 5.0, jitter: float = 0.1) -> Image.Image:

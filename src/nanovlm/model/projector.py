@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VLMConfig
+from .layers import linear
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -33,12 +34,12 @@ class Projector(nn.Module):
             self.proj = nn.Linear(width * p.shuffle_factor ** 2, n_embd, bias=False)
         self.norm = nn.LayerNorm(n_embd) if p.output_norm else nn.Identity()
 
-    def forward(self, vision_out: torch.Tensor) -> torch.Tensor:
+    def forward(self, vision_out: torch.Tensor, packed: dict | None = None) -> torch.Tensor:
         """(B, [1 +] P, width) -> (B, image_tokens_per_image, n_embd)."""
         if self.source == "cls":
             x = vision_out[:, :1]                     # the contextualised CLS vector: ONE image token
         else:
             x = vision_out[:, 1:] if self.has_cls else vision_out
         if self.kind == "mlp":
-            return self.norm(self.proj(F.gelu(self.fc(x))))
-        return self.norm(self.proj(pixel_shuffle(x, self.factor)))
+            return self.norm(linear(self.proj, F.gelu(linear(self.fc, x, packed)), packed))
+        return self.norm(linear(self.proj, pixel_shuffle(x, self.factor), packed))

@@ -103,9 +103,9 @@ class VisionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.width, cfg.mlp_hidden, bias=True, approximate=approximate, dropout=cfg.dropout)
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x), causal=False)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, packed: dict | None = None):
+        x = x + self.attn(self.norm1(x), causal=False, packed=packed)
+        return x + self.mlp(self.norm2(x), packed=packed)
 
 
 class VisionEncoder(nn.Module):
@@ -120,7 +120,8 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, packed: dict | None = None) -> torch.Tensor:
+        """packed: prepacked Linear weights (layers.pack_linear_weights) for inference, or None."""
         B, C, H, W = images.shape
         size = self.cfg.image_size
         assert (C, H, W) == (3, size, size), f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}"
@@ -129,5 +130,5 @@ class VisionEncoder(nn.Module):
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)     # (B, 1 + P, width); CLS first
         x = self.dropout(x + self.position)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, packed=packed)
         return self.norm(x)

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import ConfigError
 from ..data.format import DESCRIBE_PROMPT
+from ..data.transforms import to_tensor
 from ..predict import check_context
 from .auth import Authenticator, AuthError, RateLimited, RateLimiter
 from .batching import Batcher, Job, QueueFull, ShuttingDown
@@ -62,7 +63,8 @@ class ServeConfig:
     rate_limit: float = 50.0                 # requests per second per caller (0 = unlimited)
     rate_burst: int = 100                    # requests a caller may send at once
     batching: bool = True
-    batch_window_ms: float = 5.0             # how long the first request of a batch waits for company
+    batch_window_ms: float = 5.0             # a batch takes more requests while they arrive this close together
+    batch_max_wait_ms: float = 50.0          # the longest the first request of a batch waits for company
     max_batch_size: int = 32
     queue_size: int = 256                    # requests waiting beyond this get 503
     max_body_bytes: int = 10_000_000
@@ -83,7 +85,7 @@ class ServeConfig:
                      "max_new_tokens", "default_max_new_tokens", "max_images", "max_fields", "rate_burst"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rate_limit", "batch_window_ms", "graceful_shutdown_s", "threads"):
+        for name in ("rate_limit", "batch_window_ms", "batch_max_wait_ms", "graceful_shutdown_s", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -199,6 +201,7 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
     metrics = Metrics()
     model_name = cfg.model_name or Path(cfg.model).name or "nanovlm"
     tokenizer = model.tokenizer
+    vision = model.cfg.vision
     if tokenizer is None:
         raise ConfigError(f"{cfg.model} has no tokenizer.json; the server needs one to read prompts")
     state = {"batcher": None, "started": time.time()}
@@ -207,6 +210,7 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
     async def lifespan(app):
         state["batcher"] = Batcher(model, max_batch_size=cfg.max_batch_size if cfg.batching else 1,
                                    window_ms=cfg.batch_window_ms if cfg.batching else 0.0,
+                                   max_wait_ms=cfg.batch_max_wait_ms if cfg.batching else 0.0,
                                    queue_size=cfg.queue_size, on_batch=metrics.observe_batch,
                                    threads=cfg.threads or None)
         metrics.queue_depth.set_function(lambda: state["batcher"].queue_depth() if state["batcher"] else 0)
@@ -309,8 +313,9 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
         except ValidationError as e:
             raise APIError(422, _validation_message(e.errors())) from None
         raw = await upload.read() if upload is not None else decode_base64_image(body.image)
-        image = await asyncio.to_thread(open_image_bytes, raw, cfg.max_pixels, model.cfg.vision.image_size)
-        return body, [image]
+        pixels = await asyncio.to_thread(lambda: to_tensor(open_image_bytes(raw, cfg.max_pixels, vision.image_size),
+                                                           vision))
+        return body, [pixels]
 
     async def run_one(turns, images, params) -> Job:
         generation = generation_config(params, cfg.max_new_tokens, cfg.default_max_new_tokens)
@@ -387,7 +392,7 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions (images as data: URLs)")
     async def chat(request: Request, body: ChatRequest, _=Depends(caller)):
-        turns, images = await asyncio.to_thread(_chat_turns, body, cfg)
+        turns, images = await asyncio.to_thread(lambda: _chat_turns(body, cfg, vision))
         params = GenerationParams(max_tokens=body.max_completion_tokens or body.max_tokens,
                                   temperature=body.temperature or 0.0, top_k=body.top_k, top_p=body.top_p,
                                   seed=body.seed, stop=body.stop)
@@ -531,9 +536,9 @@ def _coerce(text: str, kind: str):
         return None
 
 
-def _chat_turns(body: ChatRequest, cfg: ServeConfig) -> tuple[list[dict], list]:
-    """OpenAI messages -> our conversation turns + images. System text goes before the first user message;
-    a last assistant message is the start of the answer."""
+def _chat_turns(body: ChatRequest, cfg: ServeConfig, vision) -> tuple[list[dict], list]:
+    """OpenAI messages -> our conversation turns + images (as the encoder's input tensors). System text goes
+    before the first user message; a last assistant message is the start of the answer."""
     system, turns, images, pending_user = [], [], [], None
     for i, message in enumerate(body.messages):
         parts = [message.content] if isinstance(message.content, str) else message.content
@@ -549,7 +554,8 @@ def _chat_turns(body: ChatRequest, cfg: ServeConfig) -> tuple[list[dict], list]:
                 if len(images) >= cfg.max_images:
                     raise bad_request(f"at most {cfg.max_images} images per request", "messages")
                 raw = decode_base64_image(part.image_url.url, f"messages[{i}].image_url")
-                images.append(open_image_bytes(raw, cfg.max_pixels, param=f"messages[{i}].image_url"))
+                images.append(to_tensor(open_image_bytes(raw, cfg.max_pixels, param=f"messages[{i}].image_url"),
+                                        vision))
         text = check_text("\n".join(texts), f"messages[{i}].content", cfg.max_prompt_chars)
         if message.role == "system":
             if turns or pending_user is not None:

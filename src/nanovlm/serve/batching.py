@@ -3,9 +3,13 @@
 One worker thread owns the model. Web handlers (on the event loop) `submit()` a Job and await its result or
 read its stream; submit() refuses at once (QueueFull -> HTTP 503) when the bounded queue is full.
 
-The worker takes the first waiting job, waits up to `window_ms` for more (only while requests come together: a
-job that finds the server idle after a batch of one starts at once, since nothing suggests company is coming;
-that keeps the lone client's latency at the model's), and runs up to `max_batch_size` jobs
+The worker takes the first waiting job and collects more while they keep coming: until as many jobs as the last
+batch had have arrived (clients answered together tend to come back together, but their requests reach the
+worker one by one as the event loop parses them), then while each next job arrives within `window_ms` of the
+one before; never longer than `max_wait_ms` in all. A job that finds the server idle after a batch of one starts
+at once, since nothing suggests company is coming: that keeps the lone client's latency at the model's. Measured
+on 2 cores, `mini`, 32 closed-loop clients: a fixed 5 ms window made batches of 16 on average (its arrivals are
+spread over ~100 ms), 3.5x the throughput of no batching; see README "Serving". It runs up to `max_batch_size` jobs
 that can share one sampler (all greedy ones together; sampled ones with equal temperature / top-k / top-p; a
 seeded one alone, so that its answer does not depend on its neighbours) as one left-padded batch through
 `model.generate_steps()`. Each job keeps its own max_new_tokens and stop strings: after every step each job
@@ -43,7 +47,8 @@ class ShuttingDown(RuntimeError):
 class Job:
     """One request's generation: its prompt, images, parameters, and (filled by the worker) its answer."""
     prompt_ids: list[int]
-    images: list[Image.Image]
+    images: list[Image.Image | torch.Tensor]  # PIL images, or already the encoder's input (the server's handlers
+                                              # prepare them in their threads, off the model's critical path)
     generation: GenerationConfig
     stream: bool = False                      # push text deltas to `deltas` as they are generated
     # results
@@ -82,15 +87,16 @@ class Job:
 
 class Batcher:
     def __init__(self, model, max_batch_size: int = 32, window_ms: float = 5.0, queue_size: int = 64,
-                 on_batch=None, threads: int | None = None):
+                 on_batch=None, threads: int | None = None, max_wait_ms: float | None = None):
         self.model = model
         self.threads = threads              # torch threads of the worker (None: leave torch's setting)
         self.tokenizer = model.tokenizer
         # bf16 on CPU: the decoder's weights prepacked for oneDNN once, used by every batch (faster decoding)
-        self.packed_weights = model.pack_decode_weights()
+        self.packed_weights = model.pack_inference_weights()
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = window_ms / 1000
-        self._last_batch_size = None        # after a batch of ONE, the next job skips the window
+        self.max_wait_s = max(self.window_s, (10 * window_ms if max_wait_ms is None else max_wait_ms) / 1000)
+        self._last_batch_size = None        # how many jobs to wait for (after a batch of ONE: none)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self._held: list[Job] = []          # taken from the queue but not fitting the current batch's sampler
         self._accepting = True
@@ -168,13 +174,18 @@ class Batcher:
                 return None
         batch, key = [first], first.sampler_key()
         alone = self._last_batch_size == 1 and self._queue.empty() and not self._held
-        window = 0.0 if alone else self.window_s
-        deadline = time.perf_counter() + window
+        expected = min(self._last_batch_size or 1, self.max_batch_size)
+        start = last_arrival = time.perf_counter()
         skipped = []
-        while len(batch) < self.max_batch_size:
+        while len(batch) < self.max_batch_size and not alone:
+            if len(batch) < expected:           # the last batch's company is probably on its way
+                deadline = start + self.max_wait_s
+            else:                               # more only while they keep coming
+                deadline = min(last_arrival + self.window_s, start + self.max_wait_s)
             job = self._take(timeout=deadline - time.perf_counter())
             if job is None:
                 break
+            last_arrival = time.perf_counter()
             (batch if job.sampler_key() == key else skipped).append(job)
         self._held = skipped + self._held
         self._last_batch_size = len(batch)
@@ -187,7 +198,8 @@ class Batcher:
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
         ids, mask = left_pad([job.prompt_ids for job in batch], tok.pad_token_id)
-        pixels = [to_tensor(image, model.cfg.vision) for job in batch for image in job.images]
+        pixels = [image if isinstance(image, torch.Tensor) else to_tensor(image, model.cfg.vision)
+                  for job in batch for image in job.images]
         pixels = torch.stack(pixels).to(device, dtype) if pixels else None
         g = batch[0].generation
         steps = model.generate_steps(ids.to(device), pixels, attention_mask=mask.to(device),
