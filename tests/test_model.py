@@ -227,6 +227,17 @@ def test_patch_stems_give_one_token_per_patch(stem):
         assert x.grad[0, :, 8:, :].abs().sum() == 0 and x.grad[0, :, :, 8:].abs().sum() == 0
 
 
+def test_conv2_stem_as_matrix_products_equals_its_two_convs():
+    """The paper's stem runs its stride == kernel convs as products over cells: the convs' own numbers."""
+    torch.manual_seed(0)
+    cfg = tiny_config(**{"vision.patch_stem": "conv2", "vision.stem_channels": 16, "vision.image_size": 48})
+    stem = VisionLanguageModel(cfg).vision.patch_stem
+    x = torch.randn(3, 3, 48, 48)
+    by_conv = stem.conv2(stem.conv1(x)).flatten(2).transpose(1, 2)
+    expected = stem.proj(torch.relu(stem.norm(by_conv)))
+    torch.testing.assert_close(stem(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_resnet_stem_sees_past_its_patch_and_keeps_images_apart_in_eval():
     cfg = tiny_config(**{"vision.patch_stem": "resnet", "vision.stem_channels": 16})
     stem = VisionLanguageModel(cfg).vision.patch_stem.eval()     # eval: batch norm uses its running statistics
