@@ -68,16 +68,20 @@ def run_supervised(args):
     model = build({"vision.patch_stem": args.stem})
     vision = model.vision
     probe = ShapeProbe(model.cfg.vision, n=args.n)
-    images, shapes, _ = probe_pictures(model.cfg.vision, n=args.train_pictures, seed=1)
+    # never the pairs the VLM's test holds out: an encoder saved here may start a VLM run (--save)
+    images, shapes, colors = probe_pictures(model.cfg.vision, n=args.train_pictures, seed=1, all_pairs=False)
     head = torch.nn.Linear(2 * model.cfg.vision.width, len(probe.shapes))
-    optimizer = torch.optim.AdamW([*vision.parameters(), *head.parameters()], lr=args.lr)
+    color_head = torch.nn.Linear(2 * model.cfg.vision.width, int(colors.max()) + 1)   # used with --colour
+    optimizer = torch.optim.AdamW([*vision.parameters(), *head.parameters(), *color_head.parameters()], lr=args.lr)
     rng = random.Random(0)
     start = time.time()
     for step in range(1, args.steps + 1):
         index = torch.tensor(rng.sample(range(len(images)), 32))
         tokens = vision(images[index])[:, 1:]
-        logits = head(torch.cat([tokens.mean(1), tokens.amax(1)], -1))
-        loss = F.cross_entropy(logits, shapes[index])
+        pooled = torch.cat([tokens.mean(1), tokens.amax(1)], -1)
+        loss = F.cross_entropy(head(pooled), shapes[index])
+        if args.colour:     # colour labels too: an encoder that keeps colour while it learns form
+            loss = loss + F.cross_entropy(color_head(pooled), colors[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -127,6 +131,7 @@ def main():
     p.add_argument("--train-pictures", type=int, default=4000)
     p.add_argument("--probe-every", type=int, default=50)
     p.add_argument("--stem", default="convnet", help="vision.patch_stem of the demo encoder")
+    p.add_argument("--colour", action="store_true", help="train on colour labels as well as shape labels")
     p.add_argument("--save", help="write the trained encoder here (safetensors; a VLM run's vision_init)")
     p.set_defaults(func=run_supervised)
     p = sub.add_parser("plot", help="probe_shape vs step from training runs' metrics.jsonl")

@@ -138,6 +138,7 @@ def test_generate_with_random_flags_and_prompts(capsys, model_dir, image, flags,
     (["--set", "freeze=eyes"], "freeze: unknown module"),
     (["--steps", "abc"], "--steps must be a whole number"),
     (["--device", "tpu"], "device must be one of"),
+    (["--set", "vision_init=no/such/encoder.safetensors"], "vision_init no/such/encoder.safetensors: no such"),
 ])
 def test_bad_training_options_are_one_error_before_any_file(capsys, small_scenes, tmp_path, args, message):
     out = tmp_path / "run"

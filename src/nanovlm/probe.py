@@ -25,13 +25,14 @@ from .data.transforms import to_tensor
 PROBE_PICTURES = 1200   # 800 to fit the probe, 400 to score it: +-2.5% standard error at 50%
 
 
-def probe_pictures(cfg: VisionConfig, n: int = 1200, seed: int = 0, shapes=ALL_SHAPES):
-    """n one-shape pictures as a (n, 3, S, S) tensor normalised for the encoder, with shape and colour labels."""
+def probe_pictures(cfg: VisionConfig, n: int = 1200, seed: int = 0, shapes=ALL_SHAPES, all_pairs: bool = True):
+    """n one-shape pictures as a (n, 3, S, S) tensor normalised for the encoder, with shape and colour labels.
+    all_pairs=False leaves out the colour-shape pairs that `shapes` training data never shows."""
     shapes = check_shapes(shapes)
     images, shape_ids, color_ids = [], [], []
     for index in range(n):
         rng = random.Random(f"probe/{seed}/{index}")
-        picture = plan_shapes(rng, shapes, n_objects=1, heldout=True)   # every colour-shape pair
+        picture = plan_shapes(rng, shapes, n_objects=1, heldout=all_pairs)   # every colour-shape pair?
         obj = picture["objects"][0]
         images.append(to_tensor(render_shapes(picture, cfg.image_size), cfg))
         shape_ids.append(shapes.index(obj["shape"]))

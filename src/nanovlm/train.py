@@ -121,6 +121,8 @@ class TrainConfig:
         check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         check(self.num_workers <= 64 and self.threads <= 1024, "num_workers must be <= 64 and threads <= 1024")
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        check(not self.vision_init or Path(self.vision_init).exists(),
+              f"vision_init {self.vision_init}: no such file or model folder")
         check(self.vision is None or self.language is not None,
               "a pretrained vision encoder (vision=...) needs a pretrained language model too (language=...)")
         check(self.language is None or self.tokenizer is None,
