@@ -61,6 +61,8 @@ def test_serve_bad_inputs(no_keys, model_dir, capsys, monkeypatch):
         (["serve", "--model", model, "--jwt-issuer", "https://i", "--jwt-public-key", str(tmp / "none.pem")], {},
          "cannot read"),
         (["serve", "--model", model, "--no-auth"], {"NANOVLM_PORT": "eighty"}, "NANOVLM_PORT"),
+        (["serve", "--model", model, "--no-auth", "--batch-max-wait-ms", "-1"], {}, "batch_max_wait_ms"),
+        (["serve", "--model", model, "--no-auth"], {"NANOVLM_BATCH_MAX_WAIT_MS": "soon"}, "NANOVLM_BATCH_MAX_WAIT_MS"),
         (["serve", "--model", str(tmp / "no-such-model"), "--no-auth"], {}, "no-such-model"),
         (["keys", "revoke", "ghost"], {}, "no key named"),
         (["keys", "add", "bad name!"], {}, "key name"),

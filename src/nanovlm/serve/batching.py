@@ -91,7 +91,7 @@ class Batcher:
         self.model = model
         self.threads = threads              # torch threads of the worker (None: leave torch's setting)
         self.tokenizer = model.tokenizer
-        # bf16 on CPU: the decoder's weights prepacked for oneDNN once, used by every batch (faster decoding)
+        # bf16 on CPU: every Linear weight prepacked for oneDNN once, used by every batch (faster inference)
         self.packed_weights = model.pack_inference_weights()
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = window_ms / 1000
