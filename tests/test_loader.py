@@ -8,7 +8,7 @@ from PIL import Image
 from nanovlm.data.loader import (IGNORE_INDEX, Augmentation, EpochSampler, VLMDataset, collate,
                                  targets_from_loss_mask)
 from nanovlm.data.synth import make_scenes
-from nanovlm.data.transforms import augment, to_tensor
+from nanovlm.data.transforms import augment, normalise_batch, to_pixels, to_tensor
 from nanovlm.tokenizer import Tokenizer
 
 from conftest import tiny_config
@@ -35,6 +35,17 @@ def test_to_tensor_resizes_and_normalises():
     assert x.shape == (3, 32, 32)
     expected_red = (1.0 - cfg.image_mean[0]) / cfg.image_std[0]
     assert torch.allclose(x[0], torch.full((32, 32), expected_red), atol=1e-5)
+
+
+def test_a_servers_two_step_preparation_gives_to_tensors_numbers():
+    """to_pixels (request threads) + normalise_batch (the model's thread, per batch) == to_tensor, bit for bit."""
+    cfg = tiny_config().vision
+    rng = random.Random(0)
+    images = [Image.new("RGB", (rng.randint(8, 90), rng.randint(8, 90)), tuple(rng.randrange(256) for _ in range(3)))
+              for _ in range(3)]
+    images[0].paste((250, 3, 40), (2, 2, 6, 7))
+    batch = normalise_batch(torch.stack([to_pixels(im, cfg) for im in images]), cfg)
+    assert torch.equal(batch, torch.stack([to_tensor(im, cfg) for im in images]))
 
 
 def test_augment_keeps_colours():

@@ -17,13 +17,29 @@ def to_tensor(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
     """Resize to the encoder's square input and normalise: PIL RGB -> (3, S, S) float tensor."""
     if image.size != (cfg.image_size, cfg.image_size):
         image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-    # numpy, not torch: torch would run these element-wise ops on an OpenMP team of the calling thread, and the
-    # server calls this from its request threads while the model's team works (see serve/server.py).
+    # numpy, not torch: torch would run these element-wise ops on an OpenMP team of the calling thread, which
+    # slows a model's team working in another thread (see serve/server.py).
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)                  # (S, S, 3), 0..255
     mean, std = np.asarray(cfg.image_mean, np.float32), np.asarray(cfg.image_std, np.float32)
     pixels *= 1 / (255 * std)
     pixels -= mean / std                                                         # (x / 255 - mean) / std
     return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+
+def to_pixels(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
+    """Resize to the encoder's square input, not yet normalised: PIL RGB -> (S, S, 3) uint8 tensor. A server's
+    request threads do this much; normalise_batch() does the rest for a whole batch in the model's thread."""
+    if image.size != (cfg.image_size, cfg.image_size):
+        image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
+    return torch.from_numpy(np.array(image.convert("RGB")))
+
+
+def normalise_batch(pixels: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:
+    """(B, S, S, 3) uint8 from to_pixels() -> (B, 3, S, S) float32, the same numbers as to_tensor() gives."""
+    mean = torch.tensor(cfg.image_mean, dtype=torch.float32, device=pixels.device)
+    std = torch.tensor(cfg.image_std, dtype=torch.float32, device=pixels.device)
+    x = pixels.permute(0, 3, 1, 2).float()
+    return x.mul_((1 / (255 * std))[:, None, None]).sub_((mean / std)[:, None, None])
 
 
 def augment(image: Image.Image, rng: random.Random, max_rotation: float = 5.0, jitter: float = 0.1) -> Image.Image:

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import ConfigError
 from ..data.format import DESCRIBE_PROMPT
-from ..data.transforms import to_tensor
+from ..data.transforms import to_pixels
 from ..predict import check_context
 from .auth import Authenticator, AuthError, RateLimited, RateLimiter
 from .batching import Batcher, Job, QueueFull, ShuttingDown
@@ -313,7 +313,7 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
         except ValidationError as e:
             raise APIError(422, _validation_message(e.errors())) from None
         raw = await upload.read() if upload is not None else decode_base64_image(body.image)
-        pixels = await asyncio.to_thread(lambda: to_tensor(open_image_bytes(raw, cfg.max_pixels, vision.image_size),
+        pixels = await asyncio.to_thread(lambda: to_pixels(open_image_bytes(raw, cfg.max_pixels, vision.image_size),
                                                            vision))
         return body, [pixels]
 
@@ -537,7 +537,7 @@ def _coerce(text: str, kind: str):
 
 
 def _chat_turns(body: ChatRequest, cfg: ServeConfig, vision) -> tuple[list[dict], list]:
-    """OpenAI messages -> our conversation turns + images (as the encoder's input tensors). System text goes
+    """OpenAI messages -> our conversation turns + images (resized: to_pixels). System text goes
     before the first user message; a last assistant message is the start of the answer."""
     system, turns, images, pending_user = [], [], [], None
     for i, message in enumerate(body.messages):
@@ -554,7 +554,7 @@ def _chat_turns(body: ChatRequest, cfg: ServeConfig, vision) -> tuple[list[dict]
                 if len(images) >= cfg.max_images:
                     raise bad_request(f"at most {cfg.max_images} images per request", "messages")
                 raw = decode_base64_image(part.image_url.url, f"messages[{i}].image_url")
-                images.append(to_tensor(open_image_bytes(raw, cfg.max_pixels, param=f"messages[{i}].image_url"),
+                images.append(to_pixels(open_image_bytes(raw, cfg.max_pixels, param=f"messages[{i}].image_url"),
                                         vision))
         text = check_text("\n".join(texts), f"messages[{i}].content", cfg.max_prompt_chars)
         if message.role == "system":

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from ..data.transforms import to_tensor
+from ..data.transforms import normalise_batch, to_pixels
 from ..predict import left_pad
 from ..sampling import GenerationConfig
 
@@ -47,8 +47,8 @@ class ShuttingDown(RuntimeError):
 class Job:
     """One request's generation: its prompt, images, parameters, and (filled by the worker) its answer."""
     prompt_ids: list[int]
-    images: list[Image.Image | torch.Tensor]  # PIL images, or already the encoder's input (the server's handlers
-                                              # prepare them in their threads, off the model's critical path)
+    images: list[Image.Image | torch.Tensor]  # PIL images, or to_pixels() of them (the server's handlers resize
+                                              # them in their threads, off the model's critical path)
     generation: GenerationConfig
     stream: bool = False                      # push text deltas to `deltas` as they are generated
     # results
@@ -198,9 +198,9 @@ class Batcher:
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
         ids, mask = left_pad([job.prompt_ids for job in batch], tok.pad_token_id)
-        pixels = [image if isinstance(image, torch.Tensor) else to_tensor(image, model.cfg.vision)
+        pixels = [image if isinstance(image, torch.Tensor) else to_pixels(image, model.cfg.vision)
                   for job in batch for image in job.images]
-        pixels = torch.stack(pixels).to(device, dtype) if pixels else None
+        pixels = normalise_batch(torch.stack(pixels), model.cfg.vision).to(device, dtype) if pixels else None
         g = batch[0].generation
         steps = model.generate_steps(ids.to(device), pixels, attention_mask=mask.to(device),
                                      max_new_tokens=max(job.generation.max_new_tokens for job in batch),
