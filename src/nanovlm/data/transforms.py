@@ -15,8 +15,7 @@ from ..config import VisionConfig
 
 def to_tensor(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
     """Resize to the encoder's square input and normalise: PIL RGB -> (3, S, S) float tensor."""
-    if image.size != (cfg.image_size, cfg.image_size):
-        image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
+    image = _square(image, cfg)
     # numpy, not torch: torch would run these element-wise ops on an OpenMP team of the calling thread, which
     # slows a model's team working in another thread (see serve/server.py).
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)                  # (S, S, 3), 0..255
@@ -29,9 +28,13 @@ def to_tensor(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
 def to_pixels(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
     """Resize to the encoder's square input, not yet normalised: PIL RGB -> (S, S, 3) uint8 tensor. A server's
     request threads do this much; normalise_batch() does the rest for a whole batch in the model's thread."""
+    return torch.from_numpy(np.array(_square(image, cfg).convert("RGB")))
+
+
+def _square(image: Image.Image, cfg: VisionConfig) -> Image.Image:
     if image.size != (cfg.image_size, cfg.image_size):
         image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-    return torch.from_numpy(np.array(image.convert("RGB")))
+    return image
 
 
 def normalise_batch(pixels: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:

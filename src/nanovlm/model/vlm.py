@@ -202,7 +202,7 @@ class VisionLanguageModel(nn.Module):
 
     def pack_inference_weights(self) -> dict:
         """Every Linear weight of the model prepacked for oneDNN (bf16 on CPU; {} elsewhere), to pass to
-        generate() as packed_weights: decoding 1.5-2.5x faster per matrix product, the prompt and the images 15-20%
+        generate() as packed_weights: decoding 1.5-2.5x faster per matrix product, the prompt and the images 10-20%
         faster, same numbers. A second copy of the weights that the caller owns (a server makes it once); rebuild
         it after changing the weights."""
         return pack_linear_weights(self)
