@@ -61,6 +61,26 @@ def run_init(args):
         print(json.dumps({"encoder": name, **{k: round(v, 3) for k, v in probe(model).items()}}), flush=True)
 
 
+class Pooling(torch.nn.Module):
+    """How the classifier reads the encoder's tokens (--pool). A VLM's decoder reads them by attention, a
+    softmax-weighted average; a CNN classifier by a channel-wise max. `attention` is one learned query."""
+
+    def __init__(self, kind: str, width: int):
+        super().__init__()
+        self.kind, self.width = kind, 2 * width if kind == "meanmax" else width
+        self.query = torch.nn.Parameter(torch.zeros(width)) if kind == "attention" else None
+
+    def forward(self, tokens):
+        if self.kind == "mean":
+            return tokens.mean(1)
+        if self.kind == "max":
+            return tokens.amax(1)
+        if self.kind == "attention":
+            weights = torch.softmax(tokens @ self.query / tokens.shape[-1] ** 0.5, dim=1)
+            return (weights[..., None] * tokens).sum(1)
+        return torch.cat([tokens.mean(1), tokens.amax(1)], -1)
+
+
 def run_supervised(args):
     """The reference a VLM should approach: the same encoder with a linear shape head on its pooled tokens,
     trained directly on shape labels (AdamW, lr 1e-3, batch 32, one-shape pictures never used by the probe)."""
@@ -70,15 +90,17 @@ def run_supervised(args):
     probe = ShapeProbe(model.cfg.vision, n=args.n)
     # never the pairs the VLM's test holds out: an encoder saved here may start a VLM run (--save)
     images, shapes, colors = probe_pictures(model.cfg.vision, n=args.train_pictures, seed=1, all_pairs=False)
-    head = torch.nn.Linear(2 * model.cfg.vision.width, len(probe.shapes))
-    color_head = torch.nn.Linear(2 * model.cfg.vision.width, int(colors.max()) + 1)   # used with --colour
-    optimizer = torch.optim.AdamW([*vision.parameters(), *head.parameters(), *color_head.parameters()], lr=args.lr)
+    pool = Pooling(args.pool, model.cfg.vision.width)
+    head = torch.nn.Linear(pool.width, len(probe.shapes))
+    color_head = torch.nn.Linear(pool.width, int(colors.max()) + 1)   # used with --colour
+    optimizer = torch.optim.AdamW([*vision.parameters(), *pool.parameters(), *head.parameters(),
+                                   *color_head.parameters()], lr=args.lr)
     rng = random.Random(0)
     start = time.time()
     for step in range(1, args.steps + 1):
         index = torch.tensor(rng.sample(range(len(images)), 32))
         tokens = vision(images[index])[:, 1:]
-        pooled = torch.cat([tokens.mean(1), tokens.amax(1)], -1)
+        pooled = pool(tokens)
         loss = F.cross_entropy(head(pooled), shapes[index])
         if args.colour:     # colour labels too: an encoder that keeps colour while it learns form
             loss = loss + F.cross_entropy(color_head(pooled), colors[index])
@@ -132,6 +154,9 @@ def main():
     p.add_argument("--probe-every", type=int, default=50)
     p.add_argument("--stem", default="convnet", help="vision.patch_stem of the demo encoder")
     p.add_argument("--colour", action="store_true", help="train on colour labels as well as shape labels")
+    p.add_argument("--pool", default="meanmax", choices=("meanmax", "mean", "max", "attention"),
+                   help="how the head reads the tokens: mean and max (default), mean, max, or attention (a learned "
+                   "query, as a decoder reads them)")
     p.add_argument("--save", help="write the trained encoder here (safetensors; a VLM run's vision_init)")
     p.set_defaults(func=run_supervised)
     p = sub.add_parser("plot", help="probe_shape vs step from training runs' metrics.jsonl")

@@ -139,6 +139,10 @@ def test_generate_with_random_flags_and_prompts(capsys, model_dir, image, flags,
     (["--steps", "abc"], "--steps must be a whole number"),
     (["--device", "tpu"], "device must be one of"),
     (["--set", "vision_init=no/such/encoder.safetensors"], "vision_init no/such/encoder.safetensors: no such"),
+    (["--set", "max_readout_weight=-1"], "max_readout_weight must be in [0, 100]"),
+    (["--set", "max_readout_weight=many"], "max_readout_weight must be a number"),
+    (["--set", "max_readout_weight=1", "--set", "pack=true"], "cannot be combined with pack=true"),
+    (["--set", "max_readout_weight=1", "--set", "decoder.n_embd=64"], "needs vision.width (32) == decoder.n_embd (64)"),
 ])
 def test_bad_training_options_are_one_error_before_any_file(capsys, small_scenes, tmp_path, args, message):
     out = tmp_path / "run"

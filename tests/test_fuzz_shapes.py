@@ -2,6 +2,8 @@
 traceback, and nothing already there replaced without --overwrite."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,6 +30,14 @@ def dataset(tmp_path_factory):
     (["--shapes", ","], "shapes must be one of"),
     (["--shapes", "circle"], "at least two"),
     (["--seed", "x"], "invalid int value"),
+    (["--objects", "0"], "objects must be a number or a range"),
+    (["--objects", "4"], "objects must be a number or a range"),
+    (["--objects", "3-1"], "objects must be a number or a range"),
+    (["--objects", "one"], "objects must be a number or a range"),
+    (["--objects", "1-"], "objects must be a number or a range"),
+    (["--questions", "size"], "questions must be all or"),
+    (["--questions", ","], "questions must be all or"),
+    (["--questions", "relation", "--objects", "1"], "relation questions need pictures of at least two things"),
 ])
 def test_bad_shapes_arguments(capsys, tmp_path, args, message):
     code, _, err = run_cli(capsys, "data", "shapes", "--out", tmp_path / "d", *args)
@@ -51,6 +61,22 @@ def test_random_shapes_arguments(capsys, tmp_path_factory, n, size, shapes):
     code, _, err = run_cli(capsys, "data", "shapes", "--out", out, "--n", n, "--image-size", size, "--shapes", shapes)
     assert_clean(code, err)
     assert (code == 0) == (n >= 1 and 16 <= size <= 1024 and shapes in ("all", "geometric", "dog,cat"))
+
+
+@FUZZ
+@given(objects=st.sampled_from(["1", "2-3", "1-3", "0-2", "2-2", "x", "", "-1", "1-2-3"]),
+       questions=st.sampled_from(["all", "shape", "color,count", "relation", "shape,,", "Shape", "", "all,shape"]))
+def test_random_objects_and_questions(capsys, tmp_path_factory, objects, questions):
+    out = tmp_path_factory.mktemp("fuzz")
+    code, _, err = run_cli(capsys, "data", "shapes", "--out", out, "--n", 3, "--image-size", 16,
+                           "--objects", objects, "--questions", questions)
+    assert_clean(code, err)
+    good_objects = objects in ("1", "2-3", "1-3", "2-2")
+    good_questions = questions in ("all", "shape", "color,count", "relation", "shape,,")
+    assert (code == 0) == (good_objects and good_questions and not (questions == "relation" and objects == "1"))
+    if code == 0:
+        records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+        assert len(records) == 3 and all(r["texts"] for r in records)
 
 
 @pytest.mark.parametrize("source, message", [("missing.pth", "no such checkpoint file"),

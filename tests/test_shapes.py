@@ -29,6 +29,26 @@ def dataset(tmp_path_factory):
     return folder
 
 
+@pytest.mark.parametrize("objects, questions", [("1", "shape"), ("2-3", "color"), ("2-3", "relation")])
+def test_objects_and_questions_isolate_one_skill(tmp_path, objects, questions):
+    make_shapes(tmp_path, n=60, image_size=32, seed=1, progress=False, objects=objects, questions=questions)
+    records = fmt.read_records(tmp_path)
+    low, _, high = objects.partition("-")
+    for record in records:
+        assert int(low) <= len(record["meta"]["objects"]) <= int(high or low)
+        assert record["texts"] and {q["type"] for q in record["meta"]["questions"]} == {questions}
+        assert len(record["texts"]) == len(record["meta"]["questions"])
+    if questions == "shape" and objects == "1":   # one thing: its shape is the answer, and held-out pairs stay in test
+        assert all(r["texts"][0]["assistant"] == r["meta"]["objects"][0]["shape"] for r in records)
+        assert not any(o["heldout_combo"] for r in records if r["split"] != "test" for o in r["meta"]["objects"])
+
+
+def test_default_options_keep_the_same_bytes(tmp_path, dataset):
+    """The skill options are applied after the same random draws: their defaults change nothing."""
+    make_shapes(tmp_path, n=120, image_size=32, seed=3, progress=False, objects="1-3", questions="all")
+    assert (tmp_path / "records.jsonl").read_bytes() == (dataset / "records.jsonl").read_bytes()
+
+
 def test_same_arguments_same_bytes(tmp_path, dataset):
     make_shapes(tmp_path, n=120, image_size=32, seed=3, progress=False)
     for name in ("records.jsonl", "images/shapes-000007.png", "images/shapes-000119.png"):

@@ -32,6 +32,7 @@ from .devices import resolve_device
 from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
+from .max_readout import check_max_readout, max_readout_loss
 from .probe import ShapeProbe, grad_norms
 from .progress import progress
 from .tokenizer import Tokenizer
@@ -81,6 +82,9 @@ class TrainConfig:
     # the first N steps train on the contrastive loss ALONE (a CLIP-style warm-up of the vision encoder and the
     # projector against the decoder's word embeddings), before the language-model loss joins; 0 = off
     contrastive_warmup_steps: int = 0
+    # weight of the max read-out loss (nanovlm.max_readout: the answers' words from the channel-wise max of the
+    # encoder's tokens, the signal that teaches a from-scratch encoder form); 0 = off
+    max_readout_weight: float = 0.0
     vision_init: str | None = None                # vision encoder start: converted EfficientNet, model folder, vision.*
     pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
@@ -113,6 +117,9 @@ class TrainConfig:
             check(value is None or 0 < value <= 1, f"{name} must be in (0, 1], got {value}")
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(0 <= self.contrastive_weight <= 100, f"contrastive_weight must be in [0, 100], got {self.contrastive_weight}")
+        check(0 <= self.max_readout_weight <= 100, f"max_readout_weight must be in [0, 100], got {self.max_readout_weight}")
+        check(not (self.max_readout_weight and self.pack),
+              "max_readout_weight reads each row's picture for its answers: it cannot be combined with pack=true")
         check(not ((self.contrastive_weight or self.contrastive_warmup_steps) and self.pack),
               "the contrastive loss pairs each row's picture with its text: it cannot be combined with pack=true")
         check(self.contrastive_warmup_steps < self.steps,
@@ -320,6 +327,8 @@ def train(tcfg: TrainConfig) -> dict:
     if not Path(tcfg.data).is_dir():
         raise FileNotFoundError(f"data folder {tcfg.data} not found; make one with `nanovlm data scenes --out {tcfg.data}`")
     model_cfg = from_name(tcfg.preset, tcfg.model)
+    if tcfg.max_readout_weight and not tcfg.language:
+        check_max_readout(model_cfg)
     check_run_folder(tcfg, out)
     records = fmt.read_records(tcfg.data, split="train", check_images=False)   # a broken dataset fails before any write
     if tcfg.overwrite and not tcfg.resume and rt.is_main:
@@ -328,6 +337,8 @@ def train(tcfg: TrainConfig) -> dict:
     if tcfg.language:
         model, tcfg = build_from_backbones(tcfg)
         tokenizer, model_cfg, model = model.tokenizer, model.cfg, model.to(rt.device)
+        if tcfg.max_readout_weight:
+            check_max_readout(model_cfg)
     else:
         tokenizer = build_tokenizer(tcfg, model_cfg, out, rt, records)
         model_cfg = tokenizer.configure(model_cfg)
@@ -436,6 +447,9 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                 _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
                 if tcfg.contrastive_weight and images is not None:
                     loss = loss + tcfg.contrastive_weight * contrastive()
+                if tcfg.max_readout_weight and images is not None:
+                    loss = loss + tcfg.max_readout_weight * max_readout_loss(getattr(model, "module", model), images,
+                                                                             labels)
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()

@@ -26,6 +26,10 @@ def register(sub, groups):
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     p.add_argument("--shapes", default="all", help="all, geometric, silhouettes, or a comma-separated list of "
                    "shape names")
+    p.add_argument("--objects", default="1-3", help="things per picture: a number or a range (1, 2-3, ...); "
+                   "with --questions it isolates one skill: --objects 1 --questions shape is plain shape naming")
+    p.add_argument("--questions", default="all", help="question kinds to ask: all, or a comma-separated list of "
+                   "shape, color, count, relation")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     add_overwrite(p, "an existing dataset in OUT")
     p.set_defaults(func=run_shapes)
@@ -56,7 +60,7 @@ def run_shapes(args):
     from ..data.shapes import make_shapes
 
     stats = make_shapes(args.out, n=args.n, image_size=args.image_size, seed=args.seed, shapes=args.shapes,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, objects=args.objects, questions=args.questions)
     print(f"wrote {stats['n']} pictures to {args.out} ({stats['images_per_s']:.0f} images/s, splits "
           f"{stats['splits']}); held out of training: {', '.join(stats['heldout_combinations'])}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -71,6 +72,29 @@ def check_shapes(shapes) -> tuple[str, ...]:
     return shapes
 
 
+def check_objects(objects) -> tuple[int, int]:
+    """"2" or "1-3" (or a (fewest, most) pair) -> (fewest, most), within 1..MAX_OBJECTS."""
+    text = "-".join(map(str, objects)) if isinstance(objects, (tuple, list)) else str(objects).strip()
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    pair = (int(match[1]), int(match[2] or match[1])) if match else None
+    if pair is None or not 1 <= pair[0] <= pair[1] <= MAX_OBJECTS:
+        raise ConfigError(f"objects must be a number or a range like 1-{MAX_OBJECTS}, within 1..{MAX_OBJECTS}; "
+                          f"got {text!r}")
+    return pair
+
+
+def check_question_kinds(questions) -> tuple[str, ...]:
+    """"all" or a comma-separated subset of the question kinds -> the tuple of kinds."""
+    if isinstance(questions, str):
+        questions = ATTRIBUTES if questions.strip() == "all" else [q.strip() for q in questions.split(",") if q.strip()]
+    kinds = tuple(dict.fromkeys(questions))
+    unknown = [q for q in kinds if q not in ATTRIBUTES]
+    if unknown or not kinds:
+        raise ConfigError(f"questions must be all or a comma-separated list of {', '.join(ATTRIBUTES)}; "
+                          f"got {', '.join(unknown) or 'nothing'}")
+    return kinds
+
+
 def heldout_combinations(shapes) -> set[tuple[str, str]]:
     """(shape, colour) pairs never drawn in train/val pictures: one colour per shape, spread over the colours
     (the k-th shape of ALL_SHAPES loses colour 3k + 1 mod 10), so every colour and every shape is still seen in
@@ -82,13 +106,14 @@ def heldout_combinations(shapes) -> set[tuple[str, str]]:
 # planning (fractions of the image side; resolution independent)
 
 def plan_shapes(rng: random.Random, shapes=ALL_SHAPES, n_objects: int | None = None, heldout: bool = False,
-                colors=ALL_COLORS) -> dict:
+                colors=ALL_COLORS, objects_range: tuple[int, int] = (1, MAX_OBJECTS)) -> dict:
     """One picture: {"background": rgb, "objects": [{"shape", "color", "x", "y", "radius", "angle", "aspect",
     "heldout_combo"}]}. Colours and shapes are distinct within a picture; objects do not overlap.
     heldout=False never uses a held-out colour-shape pair; heldout=True (test pictures) gives the first object a
-    held-out pair half of the time and lets the others take any colour."""
+    held-out pair half of the time and lets the others take any colour. objects_range: (fewest, most) objects
+    when n_objects is not given."""
     held = heldout_combinations(shapes)
-    n = n_objects or rng.randint(1, MAX_OBJECTS)
+    n = n_objects or rng.randint(*objects_range)
     kinds = rng.sample(list(shapes), n)
     objects, used_colors = [], set()
     force = heldout and rng.random() < 0.5
@@ -205,9 +230,10 @@ def _relation_question(a: dict, b: dict, rng: random.Random) -> dict | None:
             "heldout_combo": first["heldout_combo"] or second["heldout_combo"]}
 
 
-def ask_shapes_questions(picture: dict, rng: random.Random) -> list[dict]:
+def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES) -> list[dict]:
     """One question per object (its shape or its colour, never both), a count question, and a relation question
-    when there are two or more objects; in random order. Each: {"user", "assistant", "type", "heldout_combo"}."""
+    when there are two or more objects; in random order; only those whose type is in `kinds` are kept (the draws
+    are the same whatever is kept). Each: {"user", "assistant", "type", "heldout_combo"}."""
     objects = picture["objects"]
     questions = []
     for obj in objects:
@@ -224,19 +250,27 @@ def ask_shapes_questions(picture: dict, rng: random.Random) -> list[dict]:
         if relation:
             questions.append(relation)
     rng.shuffle(questions)
-    return questions
+    return [q for q in questions if q["type"] in kinds]
 
 
 # -----------------------------------------------------------------------------
 # the dataset
 
 def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES, heldout: bool = False,
-                       id_digits: int = 6) -> tuple[dict, Image.Image]:
-    """One record (without its split) and its picture; depends only on the arguments."""
-    rng = random.Random(f"shapes/{seed}/{index}")
-    picture = plan_shapes(rng, shapes, heldout=heldout)
+                       id_digits: int = 6, objects: tuple[int, int] = (1, MAX_OBJECTS),
+                       questions=ATTRIBUTES) -> tuple[dict, Image.Image]:
+    """One record (without its split) and its picture; depends only on the arguments. A picture left without a
+    question of the asked kinds (a relation is not asked when the centres are too close) is drawn again."""
+    kinds = questions
+    for attempt in range(100):
+        rng = random.Random(f"shapes/{seed}/{index}" + (f"/{attempt}" if attempt else ""))
+        picture = plan_shapes(rng, shapes, heldout=heldout, objects_range=objects)
+        questions = ask_shapes_questions(picture, rng, kinds)
+        if questions:
+            break
+    else:
+        raise ConfigError(f"no picture with a question of the kinds {', '.join(kinds)} in 100 draws")
     image = render_shapes(picture, image_size)
-    questions = ask_shapes_questions(picture, rng)
     record_id = f"shapes-{index:0{id_digits}d}"
     meta = {"style": "shapes", "background": list(picture["background"]),
             "objects": [{k: o[k] for k in ("shape", "color", "x", "y", "radius", "angle", "heldout_combo")}
@@ -248,10 +282,16 @@ def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES
 
 
 def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", fractions=(0.8, 0.1, 0.1),
-                progress: bool = True, overwrite: bool = False) -> dict:
+                progress: bool = True, overwrite: bool = False, objects="1-3", questions="all") -> dict:
     """Write the shapes dataset: `n` PNG pictures under out/images/ and out/records.jsonl (train/val/test by a
-    hash of the id; only test pictures show held-out colour-shape pairs). Same arguments, same bytes."""
+    hash of the id; only test pictures show held-out colour-shape pairs). Same arguments, same bytes.
+    objects ("1-3", "1", "2-3"): how many things a picture shows; questions ("all" or e.g. "shape,color"): the
+    kinds asked. Together they isolate one skill, e.g. objects="1", questions="shape" is plain shape naming,
+    objects="2-3", questions="color" is binding (finding a thing by its shape to report its colour)."""
     shapes = check_shapes(shapes)
+    objects, questions = check_objects(objects), check_question_kinds(questions)
+    if questions == ("relation",) and objects[1] < 2:
+        raise ConfigError("relation questions need pictures of at least two things (e.g. --objects 2-3)")
     if n < 1:
         raise ConfigError(f"n (the number of pictures) must be >= 1, got {n}")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
@@ -268,7 +308,8 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     start = time.perf_counter()
     for index in progress_bar(range(n), desc=f"shapes ({image_size}px)", unit="img", enabled=progress):
         split = assign_split(f"shapes-{index:0{digits}d}", seed, fractions)
-        record, image = make_shapes_record(index, seed, image_size, shapes, heldout=split == "test", id_digits=digits)
+        record, image = make_shapes_record(index, seed, image_size, shapes, heldout=split == "test", id_digits=digits,
+                                           objects=objects, questions=questions)
         image.save(out / record["images"][0], format="PNG")
         record["split"] = split
         splits[split] += 1
@@ -276,5 +317,6 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     write_records(out, records)
     seconds = time.perf_counter() - start
     return {"out": str(out), "n": n, "image_size": image_size, "seed": seed, "shapes": list(shapes),
+            "objects": list(objects), "questions": list(questions),
             "heldout_combinations": sorted(f"{c} {s}" for s, c in heldout_combinations(shapes)),
             "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1), "splits": splits}

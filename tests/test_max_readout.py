@@ -1,0 +1,107 @@
+"""The max read-out loss (nanovlm.max_readout): the answers' words from the channel-wise max of the encoder's
+patch tokens, through the decoder's word embeddings."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanovlm.max_readout import max_readout_loss
+from nanovlm.model.vlm import VisionLanguageModel
+
+from conftest import tiny_config
+
+
+def batch(cfg, n=4, seed=0):
+    """n samples: image tokens, a 3-token question, a one-token answer and the end of turn."""
+    g = torch.Generator().manual_seed(seed)
+    n_img = cfg.image_tokens_per_image
+    ids = torch.randint(10, 100, (n, n_img + 5), generator=g)
+    ids[:, :n_img] = cfg.image_token_id
+    ids[:, -2] = torch.arange(n) + 200            # the answer: a different word per sample
+    ids[:, -1] = cfg.eos_token_id
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:-1] = ids[:, -2:]                # next-token targets: the answer and the end of turn
+    return ids, labels, torch.randn(n, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+
+
+def test_loss_is_the_answer_words_read_from_the_max_of_the_patch_tokens():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    _, labels, images = batch(cfg)
+    expected = []
+    for i in range(len(images)):
+        patches = model.vision(images[i:i + 1])[0, 1:]                      # the CLS token left out
+        logits = patches.max(0).values @ model.decoder.tok_emb.weight.T
+        expected.append(F.cross_entropy(logits[None], torch.tensor([200 + i])))   # not the end of turn
+    assert torch.allclose(max_readout_loss(model, images, labels), torch.stack(expected).mean(), atol=1e-5)
+
+
+def test_a_batch_without_answers_gives_zero_and_still_backpropagates():
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    _, labels, images = batch(cfg)
+    labels[labels != cfg.eos_token_id] = -100
+    loss = max_readout_loss(model, images, labels)
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_training_on_it_teaches_the_encoder_and_leaves_the_decoder_blocks_alone():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    _, labels, images = batch(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = max_readout_loss(model, images, labels).item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        max_readout_loss(model, images, labels).backward()
+        optimizer.step()
+    assert max_readout_loss(model, images, labels).item() < 0.5 * first
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("vision.") for k in changed) and "decoder.tok_emb.weight" in changed
+    assert not any(k.startswith(("decoder.blocks.", "projector.")) for k in changed)
+
+
+def test_one_picture_per_sample():
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    _, labels, images = batch(cfg)
+    with pytest.raises(ValueError, match="one picture per sample"):
+        max_readout_loss(model, images[:2], labels)
+
+
+def test_train_step_adds_it_to_the_language_model_loss():
+    from nanovlm.train import Runtime, TrainConfig, train_step
+
+    cfg = tiny_config()
+    losses = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = VisionLanguageModel(cfg)
+        ids, labels, images = batch(cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        tcfg = TrainConfig(steps=10, max_readout_weight=weight, precision="fp32", grad_clip=0)
+        loss, _ = train_step(model, optimizer, scaler, iter([{"input_ids": ids, "labels": labels, "images": images}]),
+                             tcfg, Runtime())
+        losses.append(loss)
+    torch.manual_seed(0)
+    model = VisionLanguageModel(cfg)
+    _, labels, images = batch(cfg)
+    assert losses[1] - losses[0] == pytest.approx(max_readout_loss(model, images, labels).item(), abs=1e-4)
+
+
+def test_cli_training_with_it_end_to_end(tmp_path, small_scenes):
+    from nanovlm import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--preset", "tiny", "--data", str(small_scenes), "--out", str(out), "--steps", "2",
+                     "--batch-size", "4", "--quiet", "--threads", "1", "--set", "eval_every=2", "--set",
+                     "eval_batches=1", "--set", "max_readout_weight=1", "--set", "warmup_steps=0"]) == 0
+    assert json.loads((out / "train_config.json").read_text())["max_readout_weight"] == 1.0
