@@ -258,10 +258,9 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES) ->
 
 def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES, heldout: bool = False,
                        id_digits: int = 6, objects: tuple[int, int] = (1, MAX_OBJECTS),
-                       questions=ATTRIBUTES) -> tuple[dict, Image.Image]:
+                       kinds=ATTRIBUTES) -> tuple[dict, Image.Image]:
     """One record (without its split) and its picture; depends only on the arguments. A picture left without a
     question of the asked kinds (a relation is not asked when the centres are too close) is drawn again."""
-    kinds = questions
     for attempt in range(100):
         rng = random.Random(f"shapes/{seed}/{index}" + (f"/{attempt}" if attempt else ""))
         picture = plan_shapes(rng, shapes, heldout=heldout, objects_range=objects)
@@ -309,7 +308,7 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     for index in progress_bar(range(n), desc=f"shapes ({image_size}px)", unit="img", enabled=progress):
         split = assign_split(f"shapes-{index:0{digits}d}", seed, fractions)
         record, image = make_shapes_record(index, seed, image_size, shapes, heldout=split == "test", id_digits=digits,
-                                           objects=objects, questions=questions)
+                                           objects=objects, kinds=questions)
         image.save(out / record["images"][0], format="PNG")
         record["split"] = split
         splits[split] += 1
