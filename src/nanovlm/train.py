@@ -118,6 +118,9 @@ class TrainConfig:
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(0 <= self.contrastive_weight <= 100, f"contrastive_weight must be in [0, 100], got {self.contrastive_weight}")
         check(0 <= self.max_readout_weight <= 100, f"max_readout_weight must be in [0, 100], got {self.max_readout_weight}")
+        check(not (self.max_readout_weight and self.language),
+              "max_readout_weight teaches a from-scratch encoder through its own word embeddings: it cannot be "
+              "combined with a pretrained --language model")
         check(not (self.max_readout_weight and self.pack),
               "max_readout_weight reads each row's picture for its answers: it cannot be combined with pack=true")
         check(not ((self.contrastive_weight or self.contrastive_warmup_steps) and self.pack),
@@ -327,7 +330,7 @@ def train(tcfg: TrainConfig) -> dict:
     if not Path(tcfg.data).is_dir():
         raise FileNotFoundError(f"data folder {tcfg.data} not found; make one with `nanovlm data scenes --out {tcfg.data}`")
     model_cfg = from_name(tcfg.preset, tcfg.model)
-    if tcfg.max_readout_weight and not tcfg.language:
+    if tcfg.max_readout_weight:
         check_max_readout(model_cfg)
     check_run_folder(tcfg, out)
     records = fmt.read_records(tcfg.data, split="train", check_images=False)   # a broken dataset fails before any write
@@ -337,8 +340,6 @@ def train(tcfg: TrainConfig) -> dict:
     if tcfg.language:
         model, tcfg = build_from_backbones(tcfg)
         tokenizer, model_cfg, model = model.tokenizer, model.cfg, model.to(rt.device)
-        if tcfg.max_readout_weight:
-            check_max_readout(model_cfg)
     else:
         tokenizer = build_tokenizer(tcfg, model_cfg, out, rt, records)
         model_cfg = tokenizer.configure(model_cfg)
