@@ -144,6 +144,8 @@ def test_generate_with_random_flags_and_prompts(capsys, model_dir, image, flags,
     (["--set", "max_readout_weight=1", "--set", "pack=true"], "cannot be combined with pack=true"),
     (["--set", "max_readout_weight=1", "--set", "decoder.n_embd=64"], "needs vision.width (32) == decoder.n_embd (64)"),
     (["--set", "max_readout_weight=1", "--language", "no/such/model.gguf"], "cannot be combined with a pretrained --language"),
+    (["--set", "language_init=random"], "language_init=random starts a pretrained language model's architecture"),
+    (["--set", "language_init=scratch", "--language", "no/such/model.gguf"], "language_init must be one of"),
 ])
 def test_bad_training_options_are_one_error_before_any_file(capsys, small_scenes, tmp_path, args, message):
     out = tmp_path / "run"

@@ -52,6 +52,9 @@ class TrainConfig:
     # Pretrained parts then train at PRETRAINED_LR unless their lr_* is set; fresh parts (projector) at lr.
     language: str | None = None
     vision: str | None = None
+    # "random": the language model's architecture and tokenizer with fresh weights, trained at `lr` like the other
+    # fresh parts: the control run that shows what the pretrained weights are worth
+    language_init: str = "pretrained"
     steps: int = 1500                             # optimizer steps
     batch_size: int = 32                          # samples per micro-batch (per process)
     grad_accum: int = 1                           # micro-batches per optimizer step
@@ -99,6 +102,9 @@ class TrainConfig:
     def __post_init__(self):
         check = _range_check
         _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        _check_choice("language_init", self.language_init, ("pretrained", "random"))
+        check(self.language_init == "pretrained" or self.language is not None,
+              "language_init=random starts a pretrained language model's architecture afresh: it needs --language")
         unknown = set(self.freeze) - set(MODULES)
         check(not unknown, f"freeze: unknown module(s) {sorted(unknown)}; choose from {', '.join(MODULES)}")
         unknown = set(self.report_to) - {"wandb", "tensorboard"}
@@ -263,8 +269,9 @@ def build_from_backbones(tcfg: TrainConfig) -> tuple[VisionLanguageModel, TrainC
     learning rates for the parts that came pretrained (where tcfg does not set them)."""
     from .convert.backbones import build_vlm
 
-    model = build_vlm(tcfg.language, tcfg.vision, preset=tcfg.preset, overrides=tcfg.model)
-    pretrained = {"decoder": True, "vision": tcfg.vision is not None}
+    pretrained = {"decoder": tcfg.language_init == "pretrained", "vision": tcfg.vision is not None}
+    model = build_vlm(tcfg.language, tcfg.vision, preset=tcfg.preset, overrides=tcfg.model,
+                      language_weights=pretrained["decoder"])
     rates = {f"lr_{part}": PRETRAINED_LR for part, yes in pretrained.items()
              if yes and getattr(tcfg, f"lr_{part}") is None}
     return model, dataclasses.replace(tcfg, **rates)

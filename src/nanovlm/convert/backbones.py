@@ -47,9 +47,11 @@ def load_backbone(name_or_path: str | Path, role: str, show_progress: bool = Fal
 
 
 def build_vlm(language: str | Path, vision: str | Path | None = None, preset: str = "nanovlm-222m",
-              overrides: dict | None = None, dtype: torch.dtype = torch.float32, show_progress: bool = False):
+              overrides: dict | None = None, dtype: torch.dtype = torch.float32, show_progress: bool = False,
+              language_weights: bool = True):
     """The preset's model with the pretrained decoder (and vision encoder); `overrides` are model keys for the
-    parts that start fresh (projector.*, vision.* without --vision, fusion)."""
+    parts that start fresh (projector.*, vision.* without --vision, fusion). language_weights=False keeps the
+    language model's architecture and tokenizer but starts its weights fresh (a control run)."""
     lm = load_backbone(language, "language", show_progress)
     if lm.tokenizer is None:
         raise CheckpointError(f"{lm.source} has no tokenizer (tokenizer.json); nanovlm needs the LM's own tokenizer")
@@ -59,7 +61,7 @@ def build_vlm(language: str | Path, vision: str | Path | None = None, preset: st
     tokenizer = lm.tokenizer
     decoder_tensors = add_embedding_rows(lm.tensors, cfg, len(tokenizer) - cfg.decoder.vocab_size, prefix="")
     lm.tensors = None                                     # let the pre-growth embedding go
-    pretrained = {"decoder": (Decoder, decoder_tensors)}
+    pretrained = {"decoder": (Decoder, decoder_tensors)} if language_weights else {}
     if vis is not None:
         pretrained["vision"] = (VisionEncoder, vis.tensors)
     model = assemble(cfg, pretrained)
@@ -67,7 +69,7 @@ def build_vlm(language: str | Path, vision: str | Path | None = None, preset: st
     # sampling could pick them
     model.cfg = tokenizer.configure(cfg, multiple_of=1)
     model.tokenizer = tokenizer
-    parts = [b for b in (vis, lm) if b is not None]
+    parts = [b for b in (vis, lm if language_weights else None) if b is not None]
     model.card["base_model"] = [b.base_model for b in parts if b.base_model]   # Hub ids, for the card's metadata
     model.card["sources"] = [Path(b.source).name for b in parts]             # names only: no local paths in a card
     return model.to(dtype)
