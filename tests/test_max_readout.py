@@ -97,6 +97,22 @@ def test_train_step_adds_it_to_the_language_model_loss():
     assert losses[1] - losses[0] == pytest.approx(max_readout_loss(model, images, labels).item(), abs=1e-4)
 
 
+def test_train_step_runs_the_vision_encoder_once():
+    """The read-out reuses the tokens of the language-model forward: one encoder pass per step, not two."""
+    from nanovlm.train import Runtime, TrainConfig, train_step
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = VisionLanguageModel(cfg)
+    calls = []
+    model.vision.register_forward_hook(lambda *args: calls.append(1))
+    ids, labels, images = batch(cfg)
+    tcfg = TrainConfig(steps=10, max_readout_weight=1.0, precision="fp32", grad_clip=0)
+    train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), torch.amp.GradScaler("cpu", enabled=False),
+               iter([{"input_ids": ids, "labels": labels, "images": images}]), tcfg, Runtime())
+    assert len(calls) == 1
+
+
 def test_cli_training_with_it_end_to_end(tmp_path, small_scenes):
     from nanovlm import cli
 

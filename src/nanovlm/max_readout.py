@@ -16,6 +16,8 @@ it needs vision.width == decoder.n_embd. Turn it on with `--set max_readout_weig
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -29,12 +31,27 @@ def check_max_readout(cfg) -> None:
                           f"vision.width ({cfg.vision.width}) == decoder.n_embd ({cfg.decoder.n_embd})")
 
 
-def max_readout_loss(model, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def keep_vision_tokens(model):
+    """Keeps the vision encoder's output of the forward run inside the block (`seen["tokens"]`), so the read-out
+    reuses the language-model forward's tokens instead of running the encoder a second time."""
+    seen = {}
+    handle = model.vision.register_forward_hook(lambda module, args, output: seen.__setitem__("tokens", output))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def max_readout_loss(model, images: torch.Tensor, labels: torch.Tensor,
+                     tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each answer token of a sample against the logits of its picture's max-pooled patch
-    tokens. images: (B, 3, H, W), one per sample; labels: (B, T) next-token targets, -100 where no loss is taken."""
+    tokens. images: (B, 3, H, W), one per sample; labels: (B, T) next-token targets, -100 where no loss is taken;
+    tokens: model.vision(images) when already computed (keep_vision_tokens), else it is run here."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError("max_readout_weight needs exactly one picture per sample")
-    tokens = model.vision(images)                                         # (B, [1 +] P, width)
+    if tokens is None:
+        tokens = model.vision(images)                                     # (B, [1 +] P, width)
     if model.cfg.vision.use_cls:
         tokens = tokens[:, 1:]                                            # the patches only
     logits = tokens.amax(1) @ model.decoder.tok_emb.weight.T              # (B, vocab)

@@ -32,7 +32,7 @@ from .devices import resolve_device
 from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
-from .max_readout import check_max_readout, max_readout_loss
+from .max_readout import check_max_readout, keep_vision_tokens, max_readout_loss
 from .probe import ShapeProbe, grad_norms
 from .progress import progress
 from .tokenizer import Tokenizer
@@ -452,12 +452,14 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                     raise ValueError("contrastive_warmup_steps needs a picture in every training sample")
                 loss = contrastive()
             else:
-                _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
+                inner = getattr(model, "module", model)
+                readout = bool(tcfg.max_readout_weight) and images is not None
+                with keep_vision_tokens(inner) if readout else contextlib.nullcontext({}) as seen:
+                    _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
                 if tcfg.contrastive_weight and images is not None:
                     loss = loss + tcfg.contrastive_weight * contrastive()
-                if tcfg.max_readout_weight and images is not None:
-                    loss = loss + tcfg.max_readout_weight * max_readout_loss(getattr(model, "module", model), images,
-                                                                             labels)
+                if readout:
+                    loss = loss + tcfg.max_readout_weight * max_readout_loss(inner, images, labels, seen["tokens"])
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()

@@ -13,7 +13,8 @@ TRAIN_FLAGS = {"steps": "optimizer steps", "batch_size": "samples per micro-batc
                "device": "auto, cpu, cuda or cuda:N",
                "tokenizer": "tokenizer.json to use instead of training a BPE on the data",
                "language": "pretrained language model: a Hugging Face Llama folder, a .gguf file or a Hub id; the "
-                           "run uses its tokenizer and chat format and trains it at a low rate (lr_decoder 5e-5)",
+                           "run uses its tokenizer and chat format and trains it at a low rate (lr_decoder 5e-5); "
+                           "--set language_init=random keeps its architecture and tokenizer with fresh weights",
                "vision": "pretrained SigLIP vision encoder: a Hugging Face folder or Hub id (with --language; "
                          "lr_vision 5e-5); without it the preset's encoder starts fresh"}
 DEMO_FLAGS = {"n_scenes": ("--n", "scenes to draw"), "steps": ("--steps", "training steps"),
