@@ -155,6 +155,21 @@ def test_no_record_asks_shape_and_colour_of_one_object():
         assert len(asked) == len(picture["objects"])
 
 
+def test_per_thing_both_asks_shape_and_colour_of_every_object(tmp_path):
+    rng = random.Random(5)
+    for _ in range(100):
+        picture = plan_shapes(rng)
+        questions = ask_shapes_questions(picture, rng, per_thing="both")
+        for kind, key in (("shape", "shape"), ("color", "color")):
+            answers = sorted(q["assistant"] for q in questions if q["type"] == kind)
+            assert answers == sorted(o[key] for o in picture["objects"])
+    make_shapes(tmp_path, n=20, image_size=32, seed=1, progress=False, objects="1", questions="shape,color",
+                per_thing="both")
+    for record in fmt.read_records(tmp_path):
+        thing = record["meta"]["objects"][0]
+        assert sorted(t["assistant"] for t in record["texts"]) == sorted([thing["shape"], thing["color"]])
+
+
 def test_scorer_reports_each_attribute_and_heldout_combinations():
     scorer = get_scorer("shapes")
     items = [Item(id=str(k), images=[], question="q", reference=ref, meta={"type": t, "heldout_combo": h})

@@ -30,6 +30,9 @@ def register(sub, groups):
                    "with --questions it isolates one skill: --objects 1 --questions shape is plain shape naming")
     p.add_argument("--questions", default="all", help="question kinds to ask: all, or a comma-separated list of "
                    "shape, color, count, relation")
+    p.add_argument("--per-thing", default="one", help="questions about each thing: one (its shape or its colour, "
+                   "drawn at random) or both (its shape and its colour in the same conversation: what lets a "
+                   "from-scratch encoder learn form while keeping colour)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     add_overwrite(p, "an existing dataset in OUT")
     p.set_defaults(func=run_shapes)
@@ -60,7 +63,8 @@ def run_shapes(args):
     from ..data.shapes import make_shapes
 
     stats = make_shapes(args.out, n=args.n, image_size=args.image_size, seed=args.seed, shapes=args.shapes,
-                        overwrite=args.overwrite, objects=args.objects, questions=args.questions)
+                        overwrite=args.overwrite, objects=args.objects, questions=args.questions,
+                        per_thing=args.per_thing)
     print(f"wrote {stats['n']} pictures to {args.out} ({stats['images_per_s']:.0f} images/s, splits "
           f"{stats['splits']}); held out of training: {', '.join(stats['heldout_combinations'])}")
 

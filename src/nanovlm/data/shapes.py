@@ -37,6 +37,7 @@ SILHOUETTES = ("house", "tree", "sun", "car", "cat", "dog", "flower", "boat")
 ALL_SHAPES = GEOMETRIC + SILHOUETTES
 SHAPE_SETS = {"all": ALL_SHAPES, "geometric": GEOMETRIC, "silhouettes": SILHOUETTES}
 ALL_COLORS = tuple(COLORS)
+PER_THING = ("one", "both")          # questions about each thing: its shape or its colour, or both
 PLURALS = {"cross": "crosses", "sun": "suns"}
 
 MIN_RADIUS, MAX_RADIUS = 0.11, 0.20   # a shape's bounding circle, as a fraction of the image side
@@ -230,18 +231,23 @@ def _relation_question(a: dict, b: dict, rng: random.Random) -> dict | None:
             "heldout_combo": first["heldout_combo"] or second["heldout_combo"]}
 
 
-def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES) -> list[dict]:
-    """One question per object (its shape or its colour, never both), a count question, and a relation question
-    when there are two or more objects; in random order; only those whose type is in `kinds` are kept (the draws
-    are the same whatever is kept). Each: {"user", "assistant", "type", "heldout_combo"}."""
+def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES, per_thing: str = "one") -> list[dict]:
+    """Per object one question, its shape or its colour (per_thing="one"), or both (per_thing="both"); a count
+    question, and a relation question when there are two or more objects; in random order; only those whose type
+    is in `kinds` are kept (the draws are the same whatever is kept). Each: {"user", "assistant", "type",
+    "heldout_combo"}.
+
+    Why "both": with one question per thing, a one-thing picture's shape and colour are never targets of the
+    same training step, and a from-scratch encoder then learns colour but not form (README, fifth round)."""
     objects = picture["objects"]
     questions = []
     for obj in objects:
-        kind = rng.choice(("shape", "color"))
-        template = rng.choice(QUESTION_TEMPLATES[kind])
-        answer = obj["shape"] if kind == "shape" else obj["color"]
-        questions.append({"user": template.format(color=obj["color"], shape=obj["shape"]), "assistant": answer,
-                          "type": kind, "heldout_combo": obj["heldout_combo"]})
+        drawn = rng.choice(("shape", "color"))
+        for kind in (drawn,) if per_thing == "one" else ("shape", "color"):
+            template = rng.choice(QUESTION_TEMPLATES[kind])
+            answer = obj["shape"] if kind == "shape" else obj["color"]
+            questions.append({"user": template.format(color=obj["color"], shape=obj["shape"]), "assistant": answer,
+                              "type": kind, "heldout_combo": obj["heldout_combo"]})
     questions.append({"user": rng.choice(QUESTION_TEMPLATES["count"]), "assistant": NUMBER_WORDS[len(objects)],
                       "type": "count", "heldout_combo": any(o["heldout_combo"] for o in objects)})
     if len(objects) >= 2:
@@ -258,13 +264,13 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES) ->
 
 def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES, heldout: bool = False,
                        id_digits: int = 6, objects: tuple[int, int] = (1, MAX_OBJECTS),
-                       kinds=ATTRIBUTES) -> tuple[dict, Image.Image]:
+                       kinds=ATTRIBUTES, per_thing: str = "one") -> tuple[dict, Image.Image]:
     """One record (without its split) and its picture; depends only on the arguments. A picture left without a
     question of the asked kinds (a relation is not asked when the centres are too close) is drawn again."""
     for attempt in range(100):
         rng = random.Random(f"shapes/{seed}/{index}" + (f"/{attempt}" if attempt else ""))
         picture = plan_shapes(rng, shapes, heldout=heldout, objects_range=objects)
-        questions = ask_shapes_questions(picture, rng, kinds)
+        questions = ask_shapes_questions(picture, rng, kinds, per_thing)
         if questions:
             break
     else:
@@ -281,14 +287,18 @@ def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES
 
 
 def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", fractions=(0.8, 0.1, 0.1),
-                progress: bool = True, overwrite: bool = False, objects="1-3", questions="all") -> dict:
+                progress: bool = True, overwrite: bool = False, objects="1-3", questions="all",
+                per_thing: str = "one") -> dict:
     """Write the shapes dataset: `n` PNG pictures under out/images/ and out/records.jsonl (train/val/test by a
     hash of the id; only test pictures show held-out colour-shape pairs). Same arguments, same bytes.
     objects ("1-3", "1", "2-3"): how many things a picture shows; questions ("all" or e.g. "shape,color"): the
     kinds asked. Together they isolate one skill, e.g. objects="1", questions="shape" is plain shape naming,
-    objects="2-3", questions="color" is binding (finding a thing by its shape to report its colour)."""
+    objects="2-3", questions="color" is binding (finding a thing by its shape to report its colour).
+    per_thing: "one" question per thing (its shape or its colour) or "both" (ask_shapes_questions says why)."""
     shapes = check_shapes(shapes)
     objects, questions = check_objects(objects), check_question_kinds(questions)
+    if per_thing not in PER_THING:
+        raise ConfigError(f"per_thing must be one of {', '.join(PER_THING)}, got {per_thing!r}")
     if questions == ("relation",) and objects[1] < 2:
         raise ConfigError("relation questions need pictures of at least two things (e.g. --objects 2-3)")
     if n < 1:
@@ -308,7 +318,7 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     for index in progress_bar(range(n), desc=f"shapes ({image_size}px)", unit="img", enabled=progress):
         split = assign_split(f"shapes-{index:0{digits}d}", seed, fractions)
         record, image = make_shapes_record(index, seed, image_size, shapes, heldout=split == "test", id_digits=digits,
-                                           objects=objects, kinds=questions)
+                                           objects=objects, kinds=questions, per_thing=per_thing)
         image.save(out / record["images"][0], format="PNG")
         record["split"] = split
         splits[split] += 1
@@ -316,6 +326,6 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     write_records(out, records)
     seconds = time.perf_counter() - start
     return {"out": str(out), "n": n, "image_size": image_size, "seed": seed, "shapes": list(shapes),
-            "objects": list(objects), "questions": list(questions),
+            "objects": list(objects), "questions": list(questions), "per_thing": per_thing,
             "heldout_combinations": sorted(f"{c} {s}" for s, c in heldout_combinations(shapes)),
             "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1), "splits": splits}
