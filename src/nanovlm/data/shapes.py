@@ -242,7 +242,7 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES, pe
     objects = picture["objects"]
     questions = []
     for obj in objects:
-        drawn = rng.choice(("shape", "color"))
+        drawn = rng.choice(("shape", "color"))      # drawn in both modes, so "both" keeps every later draw of "one"
         for kind in (drawn,) if per_thing == "one" else ("shape", "color"):
             template = rng.choice(QUESTION_TEMPLATES[kind])
             answer = obj["shape"] if kind == "shape" else obj["color"]
