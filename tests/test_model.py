@@ -102,7 +102,21 @@ def _small_llama():
     return cfg
 
 
-@pytest.mark.parametrize("make_cfg", [tiny_config, _small_llama], ids=["gpt", "llama"])
+def _qk_norm_gpt():
+    return tiny_config(**{"decoder.qk_norm": 10.0})
+
+
+def _qk_norm_llama():
+    cfg = _small_llama()
+    cfg.decoder.qk_norm = 10.0
+    return cfg
+
+
+CONFIGS = [tiny_config, _small_llama, _qk_norm_gpt, _qk_norm_llama]
+CONFIG_IDS = ["gpt", "llama", "gpt-qk-norm", "llama-qk-norm"]
+
+
+@pytest.mark.parametrize("make_cfg", CONFIGS, ids=CONFIG_IDS)
 def test_cached_generation_matches_full_recomputation(make_cfg):
     cfg = make_cfg()
     model = VisionLanguageModel(cfg).eval()
@@ -115,7 +129,7 @@ def test_cached_generation_matches_full_recomputation(make_cfg):
         torch.testing.assert_close(step_logits[:, step], logits[:, -1], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("make_cfg", [tiny_config, _small_llama], ids=["gpt", "llama"])
+@pytest.mark.parametrize("make_cfg", CONFIGS, ids=CONFIG_IDS)
 def test_batched_left_padded_generation_matches_one_by_one(make_cfg):
     cfg = make_cfg()
     model = VisionLanguageModel(cfg).eval()
@@ -266,3 +280,28 @@ def test_resnet_stem_batch_statistics_are_saved_and_restored(tmp_path):
 def test_convnet_stem_needs_a_power_of_two_patch():
     with pytest.raises(ConfigError, match="power of two"):
         tiny_config(**{"vision.patch_stem": "convnet", "vision.patch_size": 12, "vision.image_size": 36})
+
+
+def test_qk_norm_attention_is_temperature_times_cosine():
+    from nanovlm.model.layers import Attention
+    torch.manual_seed(0)
+    attn = Attention(dim=16, n_head=2, n_kv_head=2, head_dim=8, bias=False, qk_norm=5.0)
+    with torch.no_grad():
+        attn.qk_temperature.copy_(torch.tensor([5.0, 2.0]))
+    x = torch.randn(1, 4, 16)
+    heads = lambda t: t.view(1, 4, 2, 8).transpose(1, 2)                       # (1, H, T, D)
+    q, k, v = heads(attn.q(x)), heads(attn.k(x)), heads(attn.v(x))
+    cosine = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-1, -2)
+    scores = cosine * torch.tensor([5.0, 2.0]).view(1, 2, 1, 1)
+    scores = scores.masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), float("-inf"))
+    by_hand = attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 4, 16))
+    torch.testing.assert_close(attn(x, causal=True), by_hand, atol=1e-5, rtol=1e-5)
+    # the temperature is learned: it gets a gradient, and it is a 1-D tensor, so weight decay leaves it alone
+    attn(x, causal=True).sum().backward()
+    assert attn.qk_temperature.grad is not None and attn.qk_temperature.grad.abs().sum() > 0
+
+
+def test_qk_norm_is_off_by_default_and_checked():
+    assert all(b.attn.qk_temperature is None for b in VisionLanguageModel(tiny_config()).decoder.blocks)
+    with pytest.raises(ConfigError, match="decoder.qk_norm"):
+        tiny_config(**{"decoder.qk_norm": -1.0})

@@ -12,14 +12,15 @@ from conftest import tiny_config
 TEXTS = ["There is a big red ball on the green grass.", "I see two small blue boxes next to a tree."] * 20
 
 
-def _model_and_tokenizer():
+def _model_and_tokenizer(**overrides):
     tok = Tokenizer.train(TEXTS, vocab_size=300)
-    cfg = tok.configure(tiny_config())
+    cfg = tok.configure(tiny_config(**overrides))
     return VisionLanguageModel(cfg).eval(), tok
 
 
-def test_round_trip_is_bit_exact(tmp_path):
-    model, tok = _model_and_tokenizer()
+@pytest.mark.parametrize("overrides", [{}, {"decoder.qk_norm": 10.0}], ids=["plain", "qk-norm"])
+def test_round_trip_is_bit_exact(tmp_path, overrides):
+    model, tok = _model_and_tokenizer(**overrides)
     model.save_pretrained(tmp_path, tokenizer=tok)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors",
                                                           "tokenizer.json", "tokenizer_config.json"]

@@ -229,6 +229,10 @@ class DecoderConfig:
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # > 0: cosine attention (q and k L2-normalised per head) times a learned per-head temperature that starts at
+    # this value; 0: plain scaled dot-product. A from-scratch decoder learns to look AT one image token only with it
+    # (README, "Sixth round": binding on the shapes data); pretrained LMs were trained without it.
+    qk_norm: float = 0.0
 
     def __post_init__(self):
         _check_choice("decoder.flavour", self.flavour, ("gpt", "llama"))
@@ -239,6 +243,7 @@ class DecoderConfig:
         _check(self.n_kv_head >= 0 and self.head_dim >= 0, "decoder.n_kv_head and head_dim must be >= 0 (0 = derived)")
         _check(0 <= self.dropout < 1, f"decoder.dropout must be in [0, 1), got {self.dropout}")
         _check(self.rope_theta > 0 and self.norm_eps > 0, "decoder.rope_theta and norm_eps must be > 0")
+        _check(0 <= self.qk_norm <= 1000, f"decoder.qk_norm must be in [0, 1000] (0 = off), got {self.qk_norm}")
         gpt = self.flavour == "gpt"
         defaults = dict(position_embedding="learned" if gpt else "rope", norm="layernorm" if gpt else "rmsnorm",
                         mlp="gelu" if gpt else "swiglu", bias=gpt)

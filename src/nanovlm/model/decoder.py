@@ -14,7 +14,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps)
-        self.attn = Attention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, bias=cfg.bias, dropout=cfg.dropout)
+        self.attn = Attention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, bias=cfg.bias, dropout=cfg.dropout,
+                              qk_norm=cfg.qk_norm)
         self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps)
         if cfg.mlp == "swiglu":
             self.mlp = SwiGLU(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias, dropout=cfg.dropout)

@@ -155,9 +155,14 @@ class Attention(nn.Module):
 
     Bidirectional in the vision encoder, causal in the decoder. In the decoder, rope (the tables of rope_cos_sin)
     rotates q and k, and a KVCache (passed by generate() for this call only) holds the keys and values of earlier
-    positions."""
+    positions.
 
-    def __init__(self, dim: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0):
+    qk_norm > 0 makes it cosine attention: q and k are L2-normalised per head, so a score is the cosine of their
+    angle times a learned per-head temperature (starting at qk_norm). A score then depends on where q and k point,
+    not on how long they are, so a head can single out one key among many early in training."""
+
+    def __init__(self, dim: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0,
+                 qk_norm: float = 0.0):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
         self.q = nn.Linear(dim, n_head * head_dim, bias=bias)
@@ -166,6 +171,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(n_head * head_dim, dim, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+        self.qk_temperature = nn.Parameter(torch.full((n_head,), float(qk_norm))) if qk_norm else None
 
     def forward(self, x, causal: bool, rope=None, mask=None, cache: KVCache | None = None, cache_start: int = 0,
                 packed: dict | None = None):
@@ -176,6 +182,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.qk_temperature is not None:
+            # scaled_dot_product_attention divides by sqrt(head_dim): multiply it back, score = temperature x cosine
+            scale = self.qk_temperature.view(1, -1, 1, 1) * self.head_dim ** 0.5
+            q, k = F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1)
         if cache is not None:
             k, v = cache.update(cache_start, k, v)                            # (B, Hkv, S, D), all keys so far
         # An explicit mask (padding and/or cache offset) already encodes causality; otherwise use the fast path.
