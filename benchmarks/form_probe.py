@@ -4,8 +4,13 @@
     python benchmarks/form_probe.py supervised --steps 300   # the demo encoder trained as a plain shape classifier
     python benchmarks/form_probe.py supervised --stem resnet --steps 1000 --save runs/resnet_shapes.safetensors
     python benchmarks/form_probe.py plot runs/a runs/b --out benchmarks/form_probe.png   # probe_shape vs step
+    python benchmarks/form_probe.py oracle --data data/shapes --out data/shapes-oracle   # the decoder's test
 
-`init` and `supervised` print one JSON line per measurement. The probe (nanovlm.probe.ShapeProbe) fits a linear
+`oracle` copies a shapes dataset with each picture replaced by a perfect object-local code: the 8 x 8 patch under
+each thing's centre holds its shape (red channel) and colour (green) as rows of a Hadamard matrix, and a full blue
+channel. With `--set vision.patch_stem=linear` every thing is one token that names its shape and colour, so what
+a VLM trained on it fails to answer is the decoder's (and projector's) failure, not the encoder's (README, "Sixth
+round"). `init` and `supervised` print one JSON line per measurement. The probe (nanovlm.probe.ShapeProbe) fits a linear
 classifier for shape (16 classes, chance 6%) and colour (10, chance 10%) on pooled encoder outputs of one-shape
 pictures; `nanovlm train --set probe_every=N` logs the same numbers during VLM training.
 """
@@ -14,12 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 
 from nanovlm.config import from_name
+from nanovlm.data.shapes import ALL_COLORS, ALL_SHAPES
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.probe import ShapeProbe, probe_pictures
 
@@ -137,6 +147,55 @@ def run_plot(args):
     print(f"wrote {args.out}")
 
 
+def hadamard(n: int) -> np.ndarray:
+    """Sylvester's n x n matrix of +-1 (n a power of two): its rows are mutually orthogonal codes."""
+    h = np.ones((1, 1), dtype=np.int8)
+    while len(h) < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+SHAPE_ROW, COLOUR_ROW = 1, 20    # first Hadamard row of each code (row 0 is constant); the sixth round's runs
+
+
+def oracle_picture(objects: list[dict], image_size: int = 64, patch: int = 8) -> np.ndarray:
+    """(image_size, image_size, 3) uint8: black, with one coded patch per thing under its centre (the nearest
+    free patch when two centres share one)."""
+    cells, codes = image_size // patch, hadamard(patch * patch)
+    picture, used = np.zeros((image_size, image_size, 3), np.uint8), set()
+    for thing in objects:
+        cx, cy = min(int(thing["x"] * cells), cells - 1), min(int(thing["y"] * cells), cells - 1)
+        _, cx, cy = min((abs(i - cx) + abs(j - cy), i, j) for i in range(cells) for j in range(cells)
+                        if (i, j) not in used)
+        used.add((cx, cy))
+        code = np.zeros((patch * patch, 3), np.uint8)
+        code[:, 0] = 255 * (codes[SHAPE_ROW + ALL_SHAPES.index(thing["shape"])] > 0)
+        code[:, 1] = 255 * (codes[COLOUR_ROW + ALL_COLORS.index(thing["color"])] > 0)
+        code[:, 2] = 255
+        picture[cy * patch:(cy + 1) * patch, cx * patch:(cx + 1) * patch] = code.reshape(patch, patch, 3)
+    return picture
+
+
+def run_oracle(args):
+    from PIL import Image
+    from nanovlm.data.format import RECORDS_FILE
+    from nanovlm.progress import progress
+
+    source, out = Path(args.data), Path(args.out)
+    if not (source / RECORDS_FILE).is_file():
+        raise SystemExit(f"error: {source} has no {RECORDS_FILE}: give a folder written by `nanovlm data shapes`")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+    records = [json.loads(line) for line in open(source / RECORDS_FILE)]
+    if not all(r.get("meta", {}).get("style") == "shapes" for r in records):
+        raise SystemExit(f"error: {source} is not a shapes dataset (records without meta.style = shapes)")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for record in progress(records, desc="oracle", unit="picture"):
+        Image.fromarray(oracle_picture(record["meta"]["objects"])).save(out / record["images"][0])
+    shutil.copyfile(source / RECORDS_FILE, out / RECORDS_FILE)
+    print(f"wrote {len(records)} coded pictures to {out}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -164,6 +223,11 @@ def main():
     p.add_argument("--labels", nargs="*")
     p.add_argument("--out", default="benchmarks/form_probe.png")
     p.set_defaults(func=run_plot)
+    p = sub.add_parser("oracle", help="a shapes dataset's copy with object-local coded pictures (64 px)")
+    p.add_argument("--data", required=True, help="a folder written by `nanovlm data shapes` (64 px)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_oracle)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.func(args)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.max_readout import max_readout_loss
+from nanovlm.max_readout import max_readout_loss, readout_targets
 from nanovlm.model.vlm import VisionLanguageModel
 
 from conftest import tiny_config
@@ -38,6 +38,52 @@ def test_loss_is_the_answer_words_read_from_the_max_of_the_patch_tokens():
         logits = patches.max(0).values @ model.decoder.tok_emb.weight.T
         expected.append(F.cross_entropy(logits[None], torch.tensor([200 + i])))   # not the end of turn
     assert torch.allclose(max_readout_loss(model, images, labels), torch.stack(expected).mean(), atol=1e-5)
+
+
+def test_conversation_targets_add_the_answer_words_a_question_names_once_per_sample():
+    eos = 9
+    # sample 0: "what color is STAR ? -> RED <eos>"; sample 1: "what shape is RED ? -> STAR <eos>" (5 = star, 6 = red)
+    ids = torch.tensor([[1, 2, 3, 5, 4, 6, eos], [1, 7, 3, 6, 4, 5, eos]])
+    labels = torch.full_like(ids, -100)
+    labels[:, 4:6] = ids[:, 5:7]                  # next-token targets: the answer and the end of turn
+    rows, words = readout_targets(ids, labels, eos, "answers")
+    assert list(zip(rows.tolist(), words.tolist())) == [(0, 6), (1, 5)]
+    rows, words = readout_targets(ids, labels, eos, "conversation")
+    assert sorted(zip(rows.tolist(), words.tolist())) == [(0, 5), (0, 6), (1, 5), (1, 6)]   # each word once
+    # a question word that is nobody's answer ("color" = 2, "shape" = 7) is not a target
+    ids[1, 3] = 8
+    rows, words = readout_targets(ids, labels, eos, "conversation")
+    assert sorted(zip(rows.tolist(), words.tolist())) == [(0, 5), (0, 6), (1, 5)]
+
+
+def test_conversation_loss_is_the_mean_over_those_words():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    ids, labels, images = batch(cfg, n=2)
+    ids[0, -4] = 201                              # sample 0's question names sample 1's answer
+    expected = []
+    for i, words in ((0, (200, 201)), (1, (201,))):
+        patches = model.vision(images[i:i + 1])[0, 1:]
+        logits = patches.max(0).values @ model.decoder.tok_emb.weight.T
+        expected += [F.cross_entropy(logits[None], torch.tensor([w])) for w in words]
+    loss = max_readout_loss(model, images, labels, input_ids=ids, words="conversation")
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+
+
+def test_token_pool_reads_each_word_from_its_best_token():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = VisionLanguageModel(cfg)
+    _, labels, images = batch(cfg)
+    expected = []
+    for i in range(len(images)):
+        patches = model.vision(images[i:i + 1])[0, 1:]                      # (P, width)
+        logits = (patches @ model.decoder.tok_emb.weight.T).max(0).values    # each word's best patch
+        expected.append(F.cross_entropy(logits[None], torch.tensor([200 + i])))
+    loss = max_readout_loss(model, images, labels, pool="tokens")
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+    assert not torch.allclose(loss, max_readout_loss(model, images, labels), atol=1e-3)   # not the channel max
 
 
 def test_a_batch_without_answers_gives_zero_and_still_backpropagates():

@@ -43,19 +43,50 @@ def keep_vision_tokens(model):
         handle.remove()
 
 
-def max_readout_loss(model, images: torch.Tensor, labels: torch.Tensor,
-                     tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of each answer token of a sample against the logits of its picture's max-pooled patch
-    tokens. images: (B, 3, H, W), one per sample; labels: (B, T) next-token targets, -100 where no loss is taken;
-    tokens: model.vision(images) when already computed (keep_vision_tokens), else it is run here."""
+READOUT_WORDS = ("answers", "conversation")
+READOUT_POOLS = ("channels", "tokens")
+
+
+def readout_targets(input_ids: torch.Tensor, labels: torch.Tensor, eos_token_id: int,
+                    words: str = "answers") -> tuple[torch.Tensor, torch.Tensor]:
+    """(sample index, token id) of every word the read-out must predict, as two 1-D tensors.
+
+    answers: each answer token (not the end of turn). conversation: each distinct token of the sample's text
+    that is an answer token somewhere in the batch, so the words a question names ("What color is the STAR?")
+    count too. Why (README, "Sixth round"): the read-out learns form only when a picture's shape and colour
+    are targets of the same step, and a question about one attribute names the other; asking both in the
+    answers instead (`--per-thing both`) lets the decoder copy the second answer from the first question."""
+    is_answer = (labels != -100) & (labels != eos_token_id)
+    if words == "answers":
+        return is_answer.nonzero()[:, 0], labels[is_answer]
+    named = torch.isin(input_ids, labels[is_answer].unique()) & (input_ids != eos_token_id)
+    rows, _ = named.nonzero(as_tuple=True)
+    pairs = torch.unique(torch.stack([rows, input_ids[named]]), dim=1)   # each word once per sample
+    return pairs[0], pairs[1]
+
+
+def max_readout_loss(model, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor | None = None,
+                     input_ids: torch.Tensor | None = None, words: str = "answers",
+                     pool: str = "channels") -> torch.Tensor:
+    """Cross-entropy of each target word of a sample (readout_targets) against its picture's logits: those of
+    the channel-wise max of its patch tokens (pool="channels"), or each word's best patch token
+    (pool="tokens": the max over tokens of each token's logits, so one token must hold a word's whole direction,
+    not one channel per token). images: (B, 3, H, W), one per sample; labels: (B, T) next-token targets, -100 where
+    no loss is taken; input_ids: (B, T), needed for words="conversation"; tokens: model.vision(images) when
+    already computed (keep_vision_tokens), else it is run here."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError("max_readout_weight needs exactly one picture per sample")
     if tokens is None:
         tokens = model.vision(images)                                     # (B, [1 +] P, width)
     if model.cfg.vision.use_cls:
         tokens = tokens[:, 1:]                                            # the patches only
-    logits = tokens.amax(1) @ model.decoder.tok_emb.weight.T              # (B, vocab)
-    is_word = (labels != -100) & (labels != model.cfg.eos_token_id)       # the answers' tokens, not end of turn
-    if not is_word.any():
+    embeddings = model.decoder.tok_emb.weight
+    if pool == "channels":
+        logits = tokens.amax(1) @ embeddings.T                           # (B, vocab)
+    else:
+        logits = (tokens @ embeddings.T).amax(1)                         # (B, P, vocab) -> (B, vocab)
+    rows, targets = readout_targets(input_ids if input_ids is not None else labels, labels,
+                                    model.cfg.eos_token_id, words)
+    if not len(targets):
         return logits.sum() * 0.0                                         # no answer in this batch: no signal
-    return F.cross_entropy(logits[is_word.nonzero()[:, 0]].float(), labels[is_word])
+    return F.cross_entropy(logits[rows].float(), targets)

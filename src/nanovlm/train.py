@@ -32,7 +32,7 @@ from .devices import resolve_device
 from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
-from .max_readout import check_max_readout, keep_vision_tokens, max_readout_loss
+from .max_readout import READOUT_POOLS, READOUT_WORDS, check_max_readout, keep_vision_tokens, max_readout_loss
 from .probe import ShapeProbe, grad_norms
 from .progress import progress
 from .tokenizer import Tokenizer
@@ -88,6 +88,11 @@ class TrainConfig:
     # weight of the max read-out loss (nanovlm.max_readout: the answers' words from the channel-wise max of the
     # encoder's tokens, the signal that teaches a from-scratch encoder form); 0 = off
     max_readout_weight: float = 0.0
+    # its targets: "answers" (the answers' words) or "conversation" (also the words a question names that are
+    # answers elsewhere in the batch: a picture's shape and colour in the same step without asking both)
+    max_readout_words: str = "answers"
+    # how it pools the patch tokens: "channels" (each channel's max) or "tokens" (each word's best token)
+    max_readout_pool: str = "channels"
     vision_init: str | None = None                # vision encoder start: converted EfficientNet, model folder, vision.*
     pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
@@ -124,6 +129,8 @@ class TrainConfig:
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(0 <= self.contrastive_weight <= 100, f"contrastive_weight must be in [0, 100], got {self.contrastive_weight}")
         check(0 <= self.max_readout_weight <= 100, f"max_readout_weight must be in [0, 100], got {self.max_readout_weight}")
+        _check_choice("max_readout_words", self.max_readout_words, READOUT_WORDS)
+        _check_choice("max_readout_pool", self.max_readout_pool, READOUT_POOLS)
         check(not (self.max_readout_weight and self.language),
               "max_readout_weight teaches a from-scratch encoder through its own word embeddings: it cannot be "
               "combined with a pretrained --language model")
@@ -459,7 +466,9 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                 if tcfg.contrastive_weight and images is not None:
                     loss = loss + tcfg.contrastive_weight * contrastive()
                 if readout:
-                    loss = loss + tcfg.max_readout_weight * max_readout_loss(inner, images, labels, seen["tokens"])
+                    readout_loss = max_readout_loss(inner, images, labels, seen["tokens"], ids, tcfg.max_readout_words,
+                                                    tcfg.max_readout_pool)
+                    loss = loss + tcfg.max_readout_weight * readout_loss
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
         n_tokens += ids.numel()
