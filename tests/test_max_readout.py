@@ -54,6 +54,8 @@ def test_conversation_targets_add_the_answer_words_a_question_names_once_per_sam
     ids[1, 3] = 8
     rows, words = readout_targets(ids, labels, eos, "conversation")
     assert sorted(zip(rows.tolist(), words.tolist())) == [(0, 5), (0, 6), (1, 5)]
+    with pytest.raises(ValueError, match="needs the input ids"):
+        readout_targets(None, labels, eos, "conversation")
 
 
 def test_conversation_loss_is_the_mean_over_those_words():

@@ -13,6 +13,11 @@ picture of several things the answers are a bag of their attributes, a weaker si
 loss makes shape naming four times faster to learn, on 1-3 things it barely helps (README). It adds no
 parameters (the decoder's word embeddings are the read-out), so checkpoints, resume and inference are unchanged;
 it needs vision.width == decoder.n_embd. Turn it on with `--set max_readout_weight=1` (TrainConfig).
+
+`max_readout_pool=tokens` reads each word from its best token instead (the max over tokens of each token's
+logits): one token must then hold a word's whole direction, which keeps a thing's form and colour in the same
+token. With cosine attention in the decoder (`decoder.qk_norm`) it made the decoder find a thing by its colour
+on 1-3-thing pictures (README, "Sixth round"); the channel max does not.
 """
 from __future__ import annotations
 
@@ -47,18 +52,20 @@ READOUT_WORDS = ("answers", "conversation")
 READOUT_POOLS = ("channels", "tokens")
 
 
-def readout_targets(input_ids: torch.Tensor, labels: torch.Tensor, eos_token_id: int,
+def readout_targets(input_ids: torch.Tensor | None, labels: torch.Tensor, eos_token_id: int,
                     words: str = "answers") -> tuple[torch.Tensor, torch.Tensor]:
     """(sample index, token id) of every word the read-out must predict, as two 1-D tensors.
 
     answers: each answer token (not the end of turn). conversation: each distinct token of the sample's text
     that is an answer token somewhere in the batch, so the words a question names ("What color is the STAR?")
-    count too. Why (README, "Sixth round"): the read-out learns form only when a picture's shape and colour
-    are targets of the same step, and a question about one attribute names the other; asking both in the
-    answers instead (`--per-thing both`) lets the decoder copy the second answer from the first question."""
+    count too. Why (README, "Fifth round"): the read-out learns form only when a picture's shape and colour
+    are targets of the same step, and a question about one attribute names the other, so this gives both
+    without changing the data (`nanovlm data shapes --per-thing both` asks both instead)."""
     is_answer = (labels != -100) & (labels != eos_token_id)
     if words == "answers":
         return is_answer.nonzero()[:, 0], labels[is_answer]
+    if input_ids is None:
+        raise ValueError('max_readout_words="conversation" reads the questions: it needs the input ids')
     named = torch.isin(input_ids, labels[is_answer].unique()) & (input_ids != eos_token_id)
     rows, _ = named.nonzero(as_tuple=True)
     pairs = torch.unique(torch.stack([rows, input_ids[named]]), dim=1)   # each word once per sample
@@ -85,8 +92,7 @@ def max_readout_loss(model, images: torch.Tensor, labels: torch.Tensor, tokens: 
         logits = tokens.amax(1) @ embeddings.T                           # (B, vocab)
     else:
         logits = (tokens @ embeddings.T).amax(1)                         # (B, P, vocab) -> (B, vocab)
-    rows, targets = readout_targets(input_ids if input_ids is not None else labels, labels,
-                                    model.cfg.eos_token_id, words)
+    rows, targets = readout_targets(input_ids, labels, model.cfg.eos_token_id, words)
     if not len(targets):
         return logits.sum() * 0.0                                         # no answer in this batch: no signal
     return F.cross_entropy(logits[rows].float(), targets)
