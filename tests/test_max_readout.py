@@ -27,17 +27,26 @@ def batch(cfg, n=4, seed=0):
     return ids, labels, torch.randn(n, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
 
 
-def test_loss_is_the_answer_words_read_from_the_max_of_the_patch_tokens():
+def logits_by_hand(model, image, pool="channels"):
+    """One picture's read-out logits the plain way: its patch tokens (the CLS token left out), pooled."""
+    patches = model.vision(image[None])[0, 1:]                              # (P, width)
+    if pool == "channels":
+        return patches.max(0).values @ model.decoder.tok_emb.weight.T       # each channel's max
+    return (patches @ model.decoder.tok_emb.weight.T).max(0).values          # each word's best patch
+
+
+@pytest.mark.parametrize("pool", ["channels", "tokens"])
+def test_loss_is_the_answer_words_read_from_the_max_of_the_patch_tokens(pool):
     torch.manual_seed(0)
     cfg = tiny_config()
     model = VisionLanguageModel(cfg)
     _, labels, images = batch(cfg)
-    expected = []
-    for i in range(len(images)):
-        patches = model.vision(images[i:i + 1])[0, 1:]                      # the CLS token left out
-        logits = patches.max(0).values @ model.decoder.tok_emb.weight.T
-        expected.append(F.cross_entropy(logits[None], torch.tensor([200 + i])))   # not the end of turn
-    assert torch.allclose(max_readout_loss(model, images, labels), torch.stack(expected).mean(), atol=1e-5)
+    expected = [F.cross_entropy(logits_by_hand(model, images[i], pool)[None], torch.tensor([200 + i]))
+                for i in range(len(images))]                                  # not the end of turn
+    loss = max_readout_loss(model, images, labels, pool=pool)
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+    if pool == "tokens":
+        assert not torch.allclose(loss, max_readout_loss(model, images, labels), atol=1e-3)
 
 
 def test_conversation_targets_add_the_answer_words_a_question_names_once_per_sample():
@@ -66,26 +75,10 @@ def test_conversation_loss_is_the_mean_over_those_words():
     ids[0, -4] = 201                              # sample 0's question names sample 1's answer
     expected = []
     for i, words in ((0, (200, 201)), (1, (201,))):
-        patches = model.vision(images[i:i + 1])[0, 1:]
-        logits = patches.max(0).values @ model.decoder.tok_emb.weight.T
+        logits = logits_by_hand(model, images[i])
         expected += [F.cross_entropy(logits[None], torch.tensor([w])) for w in words]
     loss = max_readout_loss(model, images, labels, input_ids=ids, words="conversation")
     assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
-
-
-def test_token_pool_reads_each_word_from_its_best_token():
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    model = VisionLanguageModel(cfg)
-    _, labels, images = batch(cfg)
-    expected = []
-    for i in range(len(images)):
-        patches = model.vision(images[i:i + 1])[0, 1:]                      # (P, width)
-        logits = (patches @ model.decoder.tok_emb.weight.T).max(0).values    # each word's best patch
-        expected.append(F.cross_entropy(logits[None], torch.tensor([200 + i])))
-    loss = max_readout_loss(model, images, labels, pool="tokens")
-    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
-    assert not torch.allclose(loss, max_readout_loss(model, images, labels), atol=1e-3)   # not the channel max
 
 
 def test_a_batch_without_answers_gives_zero_and_still_backpropagates():
