@@ -184,8 +184,14 @@ def run_oracle(args):
     source, out = Path(args.data), Path(args.out)
     if not (source / RECORDS_FILE).is_file():
         raise SystemExit(f"error: {source} has no {RECORDS_FILE}: give a folder written by `nanovlm data shapes`")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+    if out.resolve() == source.resolve():
+        raise SystemExit("error: --out must not be the --data folder: the coded copy would replace its pictures")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise SystemExit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)                                  # no stale pictures from an earlier, larger copy
     records = [json.loads(line) for line in open(source / RECORDS_FILE)]
     if not all(r.get("meta", {}).get("style") == "shapes" for r in records):
         raise SystemExit(f"error: {source} is not a shapes dataset (records without meta.style = shapes)")

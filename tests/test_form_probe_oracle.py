@@ -53,3 +53,13 @@ def test_oracle_refuses_bad_input_and_keeps_existing_output(tmp_path):
     with pytest.raises(SystemExit, match="pass --overwrite"):
         form_probe.run_oracle(args)
     assert (tmp_path / "o" / "mine.txt").read_text() == "keep"
+    args.out = args.data
+    with pytest.raises(SystemExit, match="must not be the --data folder"):
+        form_probe.run_oracle(args)
+    (tmp_path / "file").write_text("x")
+    args.out = str(tmp_path / "file")
+    with pytest.raises(SystemExit, match="is a file"):
+        form_probe.run_oracle(args)
+    args.out, args.overwrite = str(tmp_path / "o"), True
+    form_probe.run_oracle(args)
+    assert not (tmp_path / "o" / "mine.txt").exists() and (tmp_path / "o" / "records.jsonl").is_file()
