@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -183,18 +184,18 @@ def run_oracle(args):
 
     source, out = Path(args.data), Path(args.out)
     if not (source / RECORDS_FILE).is_file():
-        raise SystemExit(f"error: {source} has no {RECORDS_FILE}: give a folder written by `nanovlm data shapes`")
+        raise ValueError(f"{source} has no {RECORDS_FILE}: give a folder written by `nanovlm data shapes`")
     if out.resolve() == source.resolve():
-        raise SystemExit("error: --out must not be the --data folder: the coded copy would replace its pictures")
+        raise ValueError("--out must not be the --data folder: the coded copy would replace its pictures")
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: {out} is a file, not a folder")
+        raise ValueError(f"{out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
-            raise SystemExit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+            raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)                                  # no stale pictures from an earlier, larger copy
     records = [json.loads(line) for line in open(source / RECORDS_FILE)]
     if not all(r.get("meta", {}).get("style") == "shapes" for r in records):
-        raise SystemExit(f"error: {source} is not a shapes dataset (records without meta.style = shapes)")
+        raise ValueError(f"{source} is not a shapes dataset (records without meta.style = shapes)")
     (out / "images").mkdir(parents=True, exist_ok=True)
     for record in progress(records, desc="oracle", unit="picture"):
         Image.fromarray(oracle_picture(record["meta"]["objects"])).save(out / record["images"][0])
@@ -236,7 +237,11 @@ def main():
     p.set_defaults(func=run_oracle)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValueError as error:             # a bad input: one line, exit 2, as the nanovlm commands do
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -44,22 +44,33 @@ def test_oracle_pictures_hold_every_things_shape_and_colour(tmp_path):
 
 def test_oracle_refuses_bad_input_and_keeps_existing_output(tmp_path):
     args = argparse.Namespace(data=str(tmp_path / "none"), out=str(tmp_path / "o"), overwrite=False)
-    with pytest.raises(SystemExit, match="has no records.jsonl"):
+    with pytest.raises(ValueError, match="has no records.jsonl"):
         form_probe.run_oracle(args)
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "mine.txt").write_text("keep")
     make_shapes(tmp_path / "shapes", n=4, image_size=64, seed=0, progress=False)
     args.data = str(tmp_path / "shapes")
-    with pytest.raises(SystemExit, match="pass --overwrite"):
+    with pytest.raises(ValueError, match="pass --overwrite"):
         form_probe.run_oracle(args)
     assert (tmp_path / "o" / "mine.txt").read_text() == "keep"
     args.out = args.data
-    with pytest.raises(SystemExit, match="must not be the --data folder"):
+    with pytest.raises(ValueError, match="must not be the --data folder"):
         form_probe.run_oracle(args)
     (tmp_path / "file").write_text("x")
     args.out = str(tmp_path / "file")
-    with pytest.raises(SystemExit, match="is a file"):
+    with pytest.raises(ValueError, match="is a file"):
         form_probe.run_oracle(args)
     args.out, args.overwrite = str(tmp_path / "o"), True
     form_probe.run_oracle(args)
     assert not (tmp_path / "o" / "mine.txt").exists() and (tmp_path / "o" / "records.jsonl").is_file()
+
+
+def test_oracle_from_the_command_line_is_one_error_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(SCRIPT), "oracle", "--data", str(tmp_path / "none"), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'none'} has no records.jsonl: give a folder "
+                                                "written by `nanovlm data shapes`"]
+    assert not (tmp_path / "o").exists()
