@@ -29,6 +29,23 @@ EFFNET = ["--set", "vision.patch_stem=efficientnet_lite0", "--set", "vision.n_la
           "--set", "vision_init={efficientnet}"]
 
 RESNET = ["--set", "vision.patch_stem=resnet"]
+# The sixth round's finding: the decoder reads one image token only with cosine attention and no pixel shuffle.
+# Trained with lr 1e-3 everywhere and the max read-out over tokens.
+COSINE = ["--set", "projector.shuffle_factor=1", "--set", "decoder.qk_norm=10"]
+ROUND7 = RESNET + COSINE + ["--lr", "1e-3", "--set", "lr_vision=1e-3", "--set", "lr_projector=1e-3",
+                            "--set", "max_readout_weight=1", "--set", "max_readout_pool=tokens"]
+
+
+def changed(options: list[str], **values) -> list[str]:
+    """`options` with some `--set key=value` pairs changed (the CLI refuses a key set twice); keys use __ for dots."""
+    values = {key.replace("__", "."): value for key, value in values.items()}
+    return [f"{option.split('=')[0]}={values[option.split('=')[0]]}" if option.split("=")[0] in values else option
+            for option in options]
+
+
+BOTH = ["--data", "{both}"]   # trained on `--per-thing both` pictures (its shape and its colour asked together)
+EFFNET_128 = EFFNET + ["--set", "vision.image_size=128", "--set", "vision.patch_size=16"]
+EFFNET_64 = EFFNET + ["--set", "vision.image_size=64", "--set", "vision.patch_size=8"]
 
 RECIPES = {   # name -> `nanovlm train` options on top of the common ones
     "old": OLD,
@@ -55,6 +72,27 @@ RECIPES = {   # name -> `nanovlm train` options on top of the common ones
     "effnet-128px": EFFNET + ["--set", "vision.image_size=128", "--set", "vision.patch_size=16"],
     "effnet-128px,6000-steps": EFFNET + ["--set", "vision.image_size=128", "--set", "vision.patch_size=16",
                                          "--steps", "6000"],
+    # Seventh round: step counts are what 10 minutes buy on the 2-core CPU for each recipe
+    "cosine,resnet,both,1850-steps": ROUND7 + BOTH + ["--steps", "1850"],
+    "cosine,resnet,one,1850-steps": ROUND7 + ["--steps", "1850"],
+    "cosine,resnet,both,3500-steps": ROUND7 + BOTH + ["--steps", "3500"],
+    "cosine,resnet,both,qk-20,1850-steps": changed(ROUND7, decoder__qk_norm=20) + BOTH + ["--steps", "1850"],
+    "cosine,resnet,both,lr-2e-3,1850-steps": changed(ROUND7, lr_vision=2e-3, lr_projector=2e-3) + BOTH
+                                             + ["--lr", "2e-3", "--steps", "1850"],
+    "cosine,resnet,both,no-readout,1850-steps": changed(ROUND7, max_readout_weight=0) + BOTH + ["--steps", "1850"],
+    "cosine,resnet,both,4-decoder-layers,1850-steps": ROUND7 + BOTH + ["--set", "decoder.n_layer=4", "--steps", "1850"],
+    "cosine,resnet,both,batch-64,1000-steps": ROUND7 + BOTH + ["--batch-size", "64", "--steps", "1000"],
+    "cosine,effnet-128px,both,860-steps": EFFNET_128 + COSINE + BOTH + ["--steps", "860"],
+    "cosine,effnet-128px,both,1700-steps": EFFNET_128 + COSINE + BOTH + ["--steps", "1700"],
+    "cosine,effnet-128px,one,860-steps": EFFNET_128 + COSINE + ["--steps", "860"],
+    "cosine,effnet-64px,both,2250-steps": EFFNET_64 + COSINE + BOTH + ["--steps", "2250"],
+    "cosine,effnet-64px,both,lr-vision-1e-3,2250-steps": changed(EFFNET_64, lr_vision=1e-3) + COSINE + BOTH
+                                                        + ["--steps", "2250"],
+    "cosine,effnet-128px,both,4-decoder-layers,860-steps": EFFNET_128 + COSINE + BOTH + ["--set", "decoder.n_layer=4",
+                                                                                      "--steps", "860"],
+    "cosine,effnet-128px,one,1700-steps": EFFNET_128 + COSINE + ["--steps", "1700"],
+    "cosine,effnet-64px,both,4-decoder-layers,2250-steps": EFFNET_64 + COSINE + BOTH + ["--set", "decoder.n_layer=4",
+                                                                                     "--steps", "2250"],
 }
 
 
@@ -65,7 +103,7 @@ def run_recipe(name: str, extra: list[str], args) -> dict:
               "--batch-size", "32", "--device", args.device, "--threads", str(args.threads),
               "--set", "warmup_steps=100", "--set", "augment=false", "--set", "eval_every=500",
               "--set", "probe_every=250", "--set", "progress=false"]
-    extra = [option.format(efficientnet=args.efficientnet) for option in extra]
+    extra = [option.format(efficientnet=args.efficientnet, both=args.data_both) for option in extra]
     log = open(f"{out}.log", "w")
     start = time.time()
     try:
@@ -106,6 +144,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/shapes")
     parser.add_argument("--out", default="runs/form_sweep")
+    parser.add_argument("--data-both", default="data/shapes-both",
+                        help="`nanovlm data shapes --per-thing both` pictures, for the recipes trained on them")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--parallel", type=int, default=1, help="recipes trained at once")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per training")
