@@ -277,6 +277,37 @@ def test_resnet_stem_batch_statistics_are_saved_and_restored(tmp_path):
     torch.testing.assert_close(again.vision(images), model.eval().vision(images))
 
 
+def test_sincos_positions_are_fixed_2d_and_rebuilt_on_load(tmp_path):
+    from nanovlm.model.vision import sincos_2d
+    table = sincos_2d(side=4, width=8, cls=True)[0]            # CLS row, then 16 patches row by row
+    assert table.shape == (17, 8) and torch.equal(table[0], torch.zeros(8))
+    row, col = torch.arange(16) // 4, torch.arange(16) % 4
+    # channels 0-3 depend on the row only, 4-7 on the column only; frequency 1 first: sin(r), ..., cos(r), ...
+    torch.testing.assert_close(table[1:, 0], torch.sin(row.float()))
+    torch.testing.assert_close(table[1:, 2], torch.cos(row.float()))
+    torch.testing.assert_close(table[1:, 4], torch.sin(col.float()))
+    assert len({tuple(r.tolist()) for r in table[1:]}) == 16      # every patch has its own code
+
+    cfg = tiny_config(**{"vision.position": "sincos"})
+    model = VisionLanguageModel(cfg)
+    assert "vision.position" not in model.state_dict()     # neither trained nor saved: made from the config
+    vision, images = model.vision.eval(), torch.rand(2, 3, 32, 32)
+    x = torch.cat([vision.cls.expand(2, -1, -1), vision.patch_stem(images)], dim=1)   # tiny has a CLS token
+    x = x + sincos_2d(cfg.vision.patches_per_side, cfg.vision.width, cls=True)
+    for block in vision.blocks:
+        x = block(x)
+    torch.testing.assert_close(vision(images), vision.norm(x))
+    model.save_pretrained(tmp_path)
+    again = VisionLanguageModel.from_pretrained(tmp_path)
+    assert again.cfg.vision.position == "sincos"
+    torch.testing.assert_close(again.vision(images), vision(images), rtol=0, atol=0)
+    assert tiny_config().vision.position == "learned"
+    with pytest.raises(ConfigError, match="vision.position must be one of"):
+        tiny_config(**{"vision.position": "random"})
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        tiny_config(**{"vision.position": "sincos", "vision.width": 30, "vision.n_head": 2})
+
+
 def test_convnet_stem_needs_a_power_of_two_patch():
     with pytest.raises(ConfigError, match="power of two"):
         tiny_config(**{"vision.patch_stem": "convnet", "vision.patch_size": 12, "vision.image_size": 36})

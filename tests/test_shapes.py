@@ -18,6 +18,7 @@ from nanovlm.data.shapes import (ALL_COLORS, ALL_SHAPES, GEOMETRIC, SILHOUETTES,
 from nanovlm.evaluate.runner import Item, get_scorer
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.probe import ShapeProbe, grad_norms, linear_probe_accuracy
+from nanovlm.train import TrainConfig
 
 from conftest import tiny_config
 
@@ -302,3 +303,52 @@ def test_efficientnet_stem_config():
     with pytest.raises(ConfigError, match="2, 4, 8, 16 or 32"):
         from_name("demo", {"vision.patch_stem": "efficientnet_lite0", "vision.patch_size": 64,
                            "vision.image_size": 128})
+
+
+def _effnet_model(patch_size=8):
+    cfg = from_name("demo", {"vision.patch_stem": "efficientnet_lite0", "vision.image_size": 64,
+                             "vision.patch_size": patch_size, "vision.n_layer": 0, "vision.use_cls": False})
+    return VisionLanguageModel(cfg)
+
+
+def test_efficientnet_stem_runs_channels_last_with_the_same_numbers():
+    torch.manual_seed(0)
+    stem = _effnet_model().vision.patch_stem.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fast = stem(images)
+        x = torch.nn.functional.relu6(stem._bn0(stem._conv_stem(images)))   # the same layers, default layout
+        for block in stem._blocks:
+            x = block(x)
+        reference = stem.proj(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_stem_trainable_blocks_fixes_only_the_early_blocks():
+    from nanovlm.train import build_optimizer, check_stem_trainable_blocks
+    model = _effnet_model()                      # patch 8: the stem conv + 5 blocks
+    stem = model.vision.patch_stem
+    assert len(stem._blocks) == 5
+    optimizer = build_optimizer(model, TrainConfig(stem_trainable_blocks=2))
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    fixed = [stem._conv_stem, stem._bn0, *stem._blocks[:3]]
+    moving = [*stem._blocks[3:], stem.proj, model.projector, model.decoder]
+    assert all(not p.requires_grad and id(p) not in trained for m in fixed for p in m.parameters())
+    assert all(p.requires_grad and id(p) in trained for m in moving for p in m.parameters())
+    # a training step's gradient stops at the first trainable block
+    images = torch.randn(2, 3, 64, 64)
+    model.vision(images).square().mean().backward()
+    assert all(p.grad is None for m in fixed for p in m.parameters())
+    assert all(p.grad is not None for p in stem._blocks[3].parameters())
+    # 0: only the fresh 1 x 1 map of the stem trains
+    model = _effnet_model()
+    build_optimizer(model, TrainConfig(stem_trainable_blocks=0))
+    assert [n for n, p in model.vision.patch_stem.named_parameters() if p.requires_grad] == ["proj.weight", "proj.bias"]
+    with pytest.raises(ConfigError, match="runs 5 blocks at vision.patch_size=8"):
+        check_stem_trainable_blocks(model.cfg, 6)
+    with pytest.raises(ConfigError, match="not to vision.patch_stem=resnet"):
+        check_stem_trainable_blocks(from_name("demo", {"vision.patch_stem": "resnet"}), 1)
+    with pytest.raises(ConfigError, match="freeze=vision fixes all of it"):
+        TrainConfig(stem_trainable_blocks=1, freeze=["vision"])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        TrainConfig(stem_trainable_blocks=-1)

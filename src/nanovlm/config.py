@@ -144,6 +144,9 @@ class VisionConfig:
                                       # first blocks of an ImageNet CNN (load its weights with vision_init=...)
     stem_channels: int = 0            # conv2 / convnet / resnet: channels of the (last) conv (0 -> width // 2)
     use_cls: bool = False             # prepend a learned [CLS] token (the paper); SigLIP has none
+    position: str = "learned"         # patch positions: "learned" (a trained table, SigLIP/ViT) or "sincos" (MAE's
+                                      # fixed 2-D sine-cosine table: where a patch is, from step 0, even when the
+                                      # encoder is frozen or trains at a low rate, as a pretrained CNN stem does)
     activation: str = "gelu_tanh"     # "gelu_tanh" (SigLIP) or "gelu"
     norm_eps: float = 1e-6
     dropout: float = 0.0
@@ -153,6 +156,10 @@ class VisionConfig:
     def __post_init__(self):
         _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet", "resnet", "efficientnet_lite0"))
         _check_choice("vision.activation", self.activation, ("gelu", "gelu_tanh"))
+        _check_choice("vision.position", self.position, ("learned", "sincos"))
+        _check(self.position != "sincos" or self.width % 4 == 0,
+               f"vision.position=sincos splits vision.width into 4 equal parts (row and column, sine and cosine): "
+               f"width must be a multiple of 4, got {self.width}")
         _check(8 <= self.image_size <= 4096, f"vision.image_size must be in 8..4096 pixels, got {self.image_size}")
         _check(1 <= self.patch_size <= self.image_size,
                f"vision.patch_size must be in 1..image_size ({self.image_size}), got {self.patch_size}")

@@ -94,6 +94,10 @@ class TrainConfig:
     # how it pools the patch tokens: "channels" (each channel's max) or "tokens" (each word's best token)
     max_readout_pool: str = "channels"
     vision_init: str | None = None                # vision encoder start: converted EfficientNet, model folder, vision.*
+    # With the pretrained efficientnet_lite0 stem: only its last N blocks (and its fresh 1 x 1 map) train; the
+    # earlier, high-resolution blocks stay as ImageNet left them, so a step costs little more than with a frozen
+    # encoder (no backward pass through them). None = every block trains.
+    stem_trainable_blocks: int | None = None
     pack: bool = False                            # several short samples per row (block-diagonal attention)
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
@@ -112,6 +116,14 @@ class TrainConfig:
               "language_init=random starts a pretrained language model's architecture afresh: it needs --language")
         unknown = set(self.freeze) - set(MODULES)
         check(not unknown, f"freeze: unknown module(s) {sorted(unknown)}; choose from {', '.join(MODULES)}")
+        check(self.stem_trainable_blocks is None or self.stem_trainable_blocks >= 0,
+              f"stem_trainable_blocks must be >= 0, got {self.stem_trainable_blocks}")
+        check(self.stem_trainable_blocks is None or "vision" not in self.freeze,
+              "stem_trainable_blocks chooses what of the vision encoder trains, but freeze=vision fixes all of it: "
+              "drop one of them")
+        check(self.stem_trainable_blocks is None or self.vision is None,
+              "stem_trainable_blocks applies to the pretrained efficientnet_lite0 stem, not to a SigLIP vision=...: "
+              "use lr_vision or freeze=vision there")
         unknown = set(self.report_to) - {"wandb", "tensorboard"}
         check(not unknown, f"report_to: unknown tracker(s) {sorted(unknown)}; choose from wandb, tensorboard")
         if self.select_by != "loss":
@@ -284,10 +296,25 @@ def build_from_backbones(tcfg: TrainConfig) -> tuple[VisionLanguageModel, TrainC
     return model, dataclasses.replace(tcfg, **rates)
 
 
+def check_stem_trainable_blocks(cfg: VLMConfig, trainable: int) -> None:
+    """One clear error before training when stem_trainable_blocks does not fit the model's vision stem."""
+    from .model.efficientnet import blocks_for_stride
+    if cfg.vision.patch_stem != "efficientnet_lite0":
+        raise ConfigError("stem_trainable_blocks applies to the pretrained vision.patch_stem=efficientnet_lite0, "
+                          f"not to vision.patch_stem={cfg.vision.patch_stem}")
+    blocks = blocks_for_stride(cfg.vision.patch_size)
+    if trainable > blocks:
+        raise ConfigError(f"stem_trainable_blocks={trainable}, but the stem runs {blocks} blocks at "
+                          f"vision.patch_size={cfg.vision.patch_size}")
+
+
 def build_optimizer(model: VisionLanguageModel, tcfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with one group per (module, decay) pair; frozen modules get no group. Norm weights and biases
     (1-D tensors) are not decayed."""
     groups = []
+    if tcfg.stem_trainable_blocks is not None:   # checked by check_stem_trainable_blocks
+        for p in model.vision.patch_stem.early_parameters(tcfg.stem_trainable_blocks):
+            p.requires_grad_(False)
     for module in MODULES:
         params = getattr(model, module).parameters()
         if module in tcfg.freeze:
@@ -346,6 +373,8 @@ def train(tcfg: TrainConfig) -> dict:
     model_cfg = from_name(tcfg.preset, tcfg.model)
     if tcfg.max_readout_weight:
         check_max_readout(model_cfg)
+    if tcfg.stem_trainable_blocks is not None:
+        check_stem_trainable_blocks(model_cfg, tcfg.stem_trainable_blocks)
     check_run_folder(tcfg, out)
     records = fmt.read_records(tcfg.data, split="train", check_images=False)   # a broken dataset fails before any write
     if tcfg.overwrite and not tcfg.resume and rt.is_main:

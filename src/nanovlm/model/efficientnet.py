@@ -111,10 +111,17 @@ class EfficientNetLite0Stem(nn.Module):
         self.proj = nn.Conv2d(channels, cfg.width, kernel_size=1)     # fresh: trained with the model
 
     def forward(self, images):
-        x = F.relu6(self._bn0(self._conv_stem(images)))
+        # channels-last: oneDNN's depthwise convolutions run about twice as fast on CPU in that layout
+        x = F.relu6(self._bn0(self._conv_stem(images.contiguous(memory_format=torch.channels_last))))
         for block in self._blocks:
             x = block(x)
         return self.proj(x).flatten(2).transpose(1, 2)                # (B, num_patches, width)
+
+    def early_parameters(self, trainable_blocks: int) -> list[nn.Parameter]:
+        """The pretrained layers before the last `trainable_blocks` blocks (TrainConfig.stem_trainable_blocks
+        keeps them fixed)."""
+        early = [self._conv_stem, self._bn0, *self._blocks[:len(self._blocks) - trainable_blocks]]
+        return [p for module in early for p in module.parameters()]
 
 
 class EfficientNetLite0Classifier(EfficientNetLite0Stem):

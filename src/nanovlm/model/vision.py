@@ -125,14 +125,33 @@ class VisionBlock(nn.Module):
         return x + self.mlp(self.norm2(x), packed=packed)
 
 
+def sincos_2d(side: int, width: int, cls: bool = False) -> torch.Tensor:
+    """MAE's fixed 2-D position table for a side x side grid of patches (row by row): half the channels encode
+    the row, half the column, each as sines and cosines of geometrically spaced frequencies.
+    Returns (1, [1 +] side * side, width); the CLS token's row is zero."""
+    quarter = width // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+
+    def encode(coordinate):
+        angles = coordinate.flatten()[:, None].double() * frequencies          # (side * side, quarter)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(rows), encode(cols)], dim=1).float()             # (side * side, width)
+    if cls:
+        table = torch.cat([torch.zeros(1, width), table])
+    return table[None]
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
         self.patch_stem = STEMS[cfg.patch_stem](cfg)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width)) if cfg.use_cls else None
-        n_positions = cfg.num_patches + int(cfg.use_cls)
-        self.position = nn.Parameter(torch.zeros(1, n_positions, cfg.width))
+        # a sincos table is fixed: made in forward from the config, so it is neither trained nor saved
+        self.position = (nn.Parameter(torch.zeros(1, cfg.num_patches + int(cfg.use_cls), cfg.width))
+                         if cfg.position == "learned" else None)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
@@ -145,7 +164,9 @@ class VisionEncoder(nn.Module):
         x = self.patch_stem(images)                                   # (B, P, width)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)     # (B, 1 + P, width); CLS first
-        x = self.dropout(x + self.position)
+        position = self.position if self.position is not None else \
+            sincos_2d(self.cfg.patches_per_side, self.cfg.width, self.cls is not None).to(x.device, x.dtype)
+        x = self.dropout(x + position)
         for block in self.blocks:
             x = block(x, packed=packed)
         return self.norm(x)

@@ -58,7 +58,8 @@ class VisionLanguageModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         elif isinstance(module, VisionEncoder):
-            nn.init.normal_(module.position, std=0.02)
+            if module.position is not None:    # a sincos table is fixed
+                nn.init.normal_(module.position, std=0.02)
             if module.cls is not None:
                 nn.init.normal_(module.cls, std=0.02)
 
