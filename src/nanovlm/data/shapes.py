@@ -238,7 +238,9 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES, pe
     "heldout_combo"}.
 
     Why "both": with one question per thing, a one-thing picture's shape and colour are never targets of the
-    same training step, and a from-scratch encoder then learns colour but not form (README, fifth round)."""
+    same training step, and a from-scratch encoder then learns colour but not form (README, fifth round).
+    Its cost: a thing's second question is answered by its first ("What is the purple thing?" names the answer
+    of "What colour is the tree?"), so the decoder can copy instead of look (README, seventh round)."""
     objects = picture["objects"]
     questions = []
     for obj in objects:

@@ -1,6 +1,8 @@
 """Vision Transformer: image (B, 3, H, W) -> token embeddings (B, [1 +] num_patches, width)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -125,6 +127,7 @@ class VisionBlock(nn.Module):
         return x + self.mlp(self.norm2(x), packed=packed)
 
 
+@functools.lru_cache(maxsize=16)     # made once per grid: the forward pass reuses it (never modified in place)
 def sincos_2d(side: int, width: int, cls: bool = False) -> torch.Tensor:
     """MAE's fixed 2-D position table for a side x side grid of patches (row by row): half the channels encode
     the row, half the column, each as sines and cosines of geometrically spaced frequencies.
