@@ -336,3 +336,30 @@ def test_qk_norm_is_off_by_default_and_checked():
     assert all(b.attn.qk_temperature is None for b in VisionLanguageModel(tiny_config()).decoder.blocks)
     with pytest.raises(ConfigError, match="decoder.qk_norm"):
         tiny_config(**{"decoder.qk_norm": -1.0})
+
+
+def test_cpu_training_attention_runs_in_fp32_under_bf16_autocast():
+    """Back-propagated attention on CPU runs out of autocast in fp32 (bf16's backward is 2x slower there); without
+    gradients it stays bf16. Either way the output has the values' dtype, so the next layer sees no change."""
+    from nanovlm.model.layers import Attention
+    torch.manual_seed(0)
+    attn = Attention(dim=32, n_head=4, n_kv_head=2, head_dim=8, bias=False)
+    x = torch.randn(2, 6, 32)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            trained = attn(x, causal=True)
+            with torch.no_grad():
+                inferred = attn(x, causal=True)
+    assert seen == [(torch.float32,) * 3, (torch.bfloat16,) * 3]
+    assert trained.dtype == inferred.dtype == torch.bfloat16
+    torch.testing.assert_close(trained.float(), attn(x, causal=True), atol=2e-2, rtol=2e-2)   # fp32 reference
+    trained.float().sum().backward()
+    assert attn.q.weight.grad is not None and attn.q.weight.grad.abs().sum() > 0

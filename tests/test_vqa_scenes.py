@@ -133,3 +133,16 @@ def test_held_out_wordings_use_only_words_the_training_wordings_teach():
     for kind, templates in QUESTION_TEMPLATES.items():
         assert words(templates[-1]) <= taught, (kind, words(templates[-1]) - taught)
         assert templates[-1] not in templates[:-1]
+
+
+def test_held_out_frames_are_taught_with_other_types_only():
+    """Each held-out wording puts a known question in a frame the training wordings use for OTHER types."""
+    opening = "In the picture, "
+    for kind, templates in QUESTION_TEMPLATES.items():
+        taught = [t for t in templates[:-1] if t.startswith(opening)]
+        assert bool(taught) == (kind != "position"), kind
+    assert QUESTION_TEMPLATES["position"][-1].startswith(opening)
+    subject_first = {kind for kind, templates in QUESTION_TEMPLATES.items()
+                     if any(t.startswith(("The ", "There are how many")) for t in templates[:-1])}
+    assert subject_first == {"shape", "count", "count_color", "position"}
+    assert QUESTION_TEMPLATES["color"][-1].startswith("The ")

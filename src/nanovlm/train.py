@@ -34,6 +34,7 @@ from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
 from .max_readout import READOUT_POOLS, READOUT_WORDS, check_max_readout, keep_vision_tokens, max_readout_loss
 from .probe import ShapeProbe, grad_norms
+from .vision_cache import VisionCache, check_cache_fits
 from .progress import progress
 from .tokenizer import Tokenizer
 
@@ -99,6 +100,9 @@ class TrainConfig:
     # encoder (no backward pass through them). None = every block trains.
     stem_trainable_blocks: int | None = None
     pack: bool = False                            # several short samples per row (block-diagonal attention)
+    # Keep the frozen vision encoder's output for each picture after its first visit (nanovlm.vision_cache):
+    # needs freeze=vision; augmentation is then limited to mirror flips (a mirrored picture is a second entry).
+    cache_vision: bool = False
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
     device: str = "auto"                          # auto | cpu | cuda
@@ -124,6 +128,13 @@ class TrainConfig:
         check(self.stem_trainable_blocks is None or self.vision is None,
               "stem_trainable_blocks applies to the pretrained efficientnet_lite0 stem, not to a SigLIP vision=...: "
               "use lr_vision or freeze=vision there")
+        check(not self.cache_vision or "vision" in self.freeze,
+              "cache_vision keeps the vision encoder's outputs, which only a frozen encoder keeps unchanged: "
+              "add freeze=vision")
+        check(not (self.cache_vision and (self.contrastive_weight or self.contrastive_warmup_steps
+                                          or self.max_readout_weight)),
+              "the contrastive and the max read-out losses teach the vision encoder from its pictures: they "
+              "cannot be combined with cache_vision=true")
         unknown = set(self.report_to) - {"wandb", "tensorboard"}
         check(not unknown, f"report_to: unknown tracker(s) {sorted(unknown)}; choose from wandb, tensorboard")
         if self.select_by != "loss":
@@ -393,9 +404,12 @@ def train(tcfg: TrainConfig) -> dict:
         load_vision_init(model, tcfg.vision_init)
     optimizer = build_optimizer(model, tcfg)
 
-    augmentation = Augmentation() if tcfg.augment else None
+    augmentation = None
+    if tcfg.augment:
+        augmentation = Augmentation.flips_only() if tcfg.cache_vision else Augmentation()
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
-                           max_pixels=tcfg.max_image_pixels)
+                           max_pixels=tcfg.max_image_pixels, picture_keys=tcfg.cache_vision)
+    vision_cache = make_vision_cache(model, train_set, model_cfg, rt) if tcfg.cache_vision else None
     val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val", max_pixels=tcfg.max_image_pixels)
 
     state = {"step": 0, "best_val_loss": None, "best_score": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
@@ -434,7 +448,8 @@ def train(tcfg: TrainConfig) -> dict:
             model.train()
             t0 = time.time()
             loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt,
-                                        contrastive_only=step < tcfg.contrastive_warmup_steps)
+                                        contrastive_only=step < tcfg.contrastive_warmup_steps,
+                                        vision_cache=vision_cache)
             state["step"] = step + 1
             state["elapsed_s"] = time.time() - start_time
             record = {"step": step + 1, "loss": loss, **learning_rates(optimizer), **grad_norms(model),
@@ -470,9 +485,10 @@ def train(tcfg: TrainConfig) -> dict:
 
 
 def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime,
-               contrastive_only: bool = False) -> tuple[float, int]:
+               contrastive_only: bool = False, vision_cache: VisionCache | None = None) -> tuple[float, int]:
     """One optimizer step over grad_accum micro-batches. Returns the mean loss (over all ranks) and the number
-    of tokens this rank processed. contrastive_only: the warm-up's step, the contrastive loss alone."""
+    of tokens this rank processed. contrastive_only: the warm-up's step, the contrastive loss alone.
+    vision_cache: the batches name their pictures (picture_keys) and the frozen encoder's outputs come from it."""
     optimizer.zero_grad(set_to_none=True)
     total_loss, n_tokens = 0.0, 0
     for micro in range(tcfg.grad_accum):
@@ -482,6 +498,7 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
         # DDP: only the last micro-batch needs to all-reduce gradients
         sync = micro == tcfg.grad_accum - 1 or rt.world_size == 1
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(tcfg, rt.device):
+            features = vision_cache.features(batch["picture_keys"]) if batch.get("picture_keys") else None
             contrastive = lambda: image_text_contrastive(getattr(model, "module", model), ids, images, labels)
             if contrastive_only:
                 if images is None:
@@ -491,7 +508,8 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                 inner = getattr(model, "module", model)
                 readout = bool(tcfg.max_readout_weight) and images is not None
                 with keep_vision_tokens(inner) if readout else contextlib.nullcontext({}) as seen:
-                    _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt))
+                    _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt),
+                                    vision_features=features)
                 if tcfg.contrastive_weight and images is not None:
                     loss = loss + tcfg.contrastive_weight * contrastive()
                 if readout:
@@ -507,6 +525,16 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
     scaler.step(optimizer)
     scaler.update()
     return all_reduce_mean(total_loss, rt), n_tokens
+
+
+def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, cfg: VLMConfig, rt: Runtime) -> VisionCache:
+    """The cache of the frozen encoder's outputs, refused up front when it could outgrow the memory."""
+    n_pictures = len({path for record in train_set.records for path in record["images"]})
+    size = check_cache_fits(n_pictures, cfg.vision.num_patches + int(cfg.vision.use_cls), cfg.vision.width)
+    if rt.is_main:
+        print(f"cache_vision: up to {size / 2**30:.2f} GiB for {n_pictures} pictures (mirror flips included); "
+              f"augmentation limited to mirror flips")
+    return VisionCache(model.vision, train_set.picture, rt.device)
 
 
 def segments(batch: dict, rt: Runtime):

@@ -26,13 +26,30 @@ class Augmentation:
     jitter: float = 0.1           # brightness / contrast factor range
     flip: bool = True             # horizontal flip with left <-> right swapped in the text
 
+    @classmethod
+    def flips_only(cls) -> "Augmentation":
+        """What a cache of encoder outputs allows: each picture is seen as is or mirrored, so two outputs per
+        picture cover every visit (rotation and colour jitter would give new pixels at each visit)."""
+        return cls(max_rotation=0.0, jitter=0.0, flip=True)
+
+    @property
+    def changes_pixels(self) -> bool:
+        return self.max_rotation > 0 or self.jitter > 0
+
 
 class VLMDataset(Dataset):
-    """Items are (index, epoch) pairs from EpochSampler; __getitem__ returns one tokenised, augmented sample."""
+    """Items are (index, epoch) pairs from EpochSampler; __getitem__ returns one tokenised, augmented sample.
+
+    picture_keys=True (training with cache_vision=true): samples carry "picture_keys" ("images/a.png" or
+    "images/a.png|flipped", one per image) instead of decoded pictures; picture(key) decodes one on demand, so
+    the pictures whose encoder outputs are cached are never read again."""
 
     def __init__(self, folder, tokenizer: Tokenizer, cfg: VLMConfig, split: str | None = "train",
                  augmentation: Augmentation | None = None, seed: int = 0, max_len: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, picture_keys: bool = False):
+        if picture_keys and augmentation and augmentation.changes_pixels:
+            raise ValueError("picture_keys needs an augmentation without rotation or jitter (Augmentation.flips_only)")
+        self.picture_keys = picture_keys
         self.folder, self.max_pixels = folder, max_pixels
         self.records = fmt.read_records(folder, split=split, max_images=cfg.max_images)
         if not self.records:
@@ -54,7 +71,7 @@ class VLMDataset(Dataset):
         flip = False
         if self.augmentation and self.augmentation.flip:
             flip = rng.random() < 0.5      # one decision per sample: every image and every text flip together
-        for path in record["images"]:
+        for path in record["images"] if not self.picture_keys else ():
             # big pictures are reduced while decoding, so augmentation never runs on megapixels
             image = fmt.load_image(self.folder, path, self.max_pixels, min_size=self.cfg.vision.image_size)
             if self.augmentation:
@@ -64,14 +81,26 @@ class VLMDataset(Dataset):
             images.append(to_tensor(image, self.cfg.vision))
         if flip:
             texts = [{k: flip_text_left_right(v) for k, v in t.items()} for t in texts]
-        n_image_tokens = len(images) * self.cfg.image_tokens_per_image
+        n_image_tokens = len(record["images"]) * self.cfg.image_tokens_per_image
         ids, loss_mask = self.tokenizer.encode_conversation(texts, n_image_tokens, fusion=self.cfg.fusion)
         if len(ids) > self.max_len:
             raise fmt.DatasetFormatError(
                 f"{self.folder}: record {record['id']!r} is {len(ids)} tokens long, more than the decoder's "
                 f"max_seq_len {self.max_len}; shorten its texts or raise decoder.max_seq_len")
-        return {"input_ids": torch.tensor(ids), "labels": targets_from_loss_mask(ids, loss_mask),
-                "images": torch.stack(images) if images else None, "id": record["id"]}
+        sample = {"input_ids": torch.tensor(ids), "labels": targets_from_loss_mask(ids, loss_mask),
+                  "images": torch.stack(images) if images else None, "id": record["id"]}
+        if self.picture_keys:
+            sample["picture_keys"] = [path + FLIPPED * flip for path in record["images"]]
+        return sample
+
+    def picture(self, key: str) -> torch.Tensor:
+        """One picture named by a picture key, decoded as __getitem__ would: (3, H, W)."""
+        path, flipped = key.removesuffix(FLIPPED), key.endswith(FLIPPED)
+        image = fmt.load_image(self.folder, path, self.max_pixels, min_size=self.cfg.vision.image_size)
+        return to_tensor(hflip(image) if flipped else image, self.cfg.vision)
+
+
+FLIPPED = "|flipped"   # a picture key's suffix for the mirrored picture
 
 
 def targets_from_loss_mask(ids: list[int], loss_mask: list[bool]) -> torch.Tensor:
@@ -94,7 +123,14 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
         input_ids[i, :n], labels[i, :n] = b["input_ids"], b["labels"]
     images = [b["images"] for b in batch if b["images"] is not None]
     return {"input_ids": input_ids, "labels": labels, "images": torch.cat(images) if images else None,
-            "ids": [b["id"] for b in batch]}
+            "ids": [b["id"] for b in batch], **picture_keys(batch)}
+
+
+def picture_keys(samples: list[dict]) -> dict:
+    """{"picture_keys": every sample's keys in reading order} when the samples carry them, else {}."""
+    if not samples or "picture_keys" not in samples[0]:
+        return {}
+    return {"picture_keys": [key for s in samples for key in s["picture_keys"]]}
 
 
 def collate_packed(batch: list[dict], pad_token_id: int, max_len: int) -> dict:
@@ -124,7 +160,8 @@ def collate_packed(batch: list[dict], pad_token_id: int, max_len: int) -> dict:
                 images.append(sample["images"])
             start = end
     return {"input_ids": input_ids, "labels": labels, "segment_ids": segment_ids,
-            "images": torch.cat(images) if images else None, "ids": [s["id"] for row in rows for s in row]}
+            "images": torch.cat(images) if images else None, "ids": [s["id"] for row in rows for s in row],
+            **picture_keys([s for row in rows for s in row])}
 
 
 class EpochSampler(Sampler):

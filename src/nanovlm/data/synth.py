@@ -714,22 +714,31 @@ def split_opening(text: str) -> tuple[str, str]:
 # Question wordings per type. The LAST wording of each type is held out: training and validation scenes never use
 # it, test scenes do (meta.questions[k].heldout_template), so an evaluation can tell "understood the question" from
 # "memorised the sentence". A held-out wording uses only words the other wordings teach (a model trained from
-# scratch has never seen any other word), in a new order. Slots: {noun} (singular or plural, as many as there
+# scratch has never seen any other word), in a new order. Its frame is taught with OTHER types only: "In the
+# picture, ..." opens training questions of every type but position, whose held-out wording opens with it; the
+# subject first and the question word last ("The ball is where?") is taught for shape, count and position, and
+# held out for colour. So a model meets a known frame with a known question and must combine them, as a person
+# would, instead of meeting a frame it could not have learned. Slots: {noun} (singular or plural, as many as there
 # are), {be} (is/are), {plural}, {color}, {thing} ("a red ball"), {place} ("on the left"), {first}/{second}.
 QUESTION_TEMPLATES = {
     "color": ("What color {be} the {noun}?", "What is the color of the {noun}?", "Which color {be} the {noun}?",
-              "The {noun} {be} which color?"),
-    "shape": ("What is the {color} thing?", "What shape is the {color} thing?", "Which thing is {color}?"),
+              "In the picture, what color {be} the {noun}?", "The {noun} {be} which color?"),
+    "shape": ("What is the {color} thing?", "What shape is the {color} thing?", "The {color} thing is what?",
+              "In the picture, what is the {color} thing?", "Which thing is {color}?"),
     "count": ("How many {plural} are there?", "How many {plural} can you see?", "How many {plural} are in the picture?",
+              "In the picture, how many {plural} are there?", "There are how many {plural}?",
               "How many {plural} do you see?"),
     "count_color": ("How many {color} things are there?", "How many things are {color}?",
+                    "In the picture, how many things are {color}?", "There are how many {color} things?",
                     "How many {color} things can you see?"),
-    "position": ("Where {be} the {noun}?", "Where {be} the {noun} in the picture?",
+    "position": ("Where {be} the {noun}?", "Where {be} the {noun} in the picture?", "The {noun} {be} where?",
                  "In the picture, where {be} the {noun}?"),
-    "object_at": ("What is {place}?", "What do you see {place}?", "Which thing is {place}?"),
-    "exist": ("Is there {thing}?", "Can you see {thing}?", "Do you see {thing}?", "Is {thing} in the picture?"),
+    "object_at": ("What is {place}?", "What do you see {place}?", "In the picture, what is {place}?",
+                  "Which thing is {place}?"),
+    "exist": ("Is there {thing}?", "Can you see {thing}?", "Do you see {thing}?", "In the picture, is there {thing}?",
+              "Is {thing} in the picture?"),
     "compare": ("Are there more {first} than {second}?", "Is the number of {first} bigger than the number of {second}?",
-                "Do you see more {first} than {second}?"),
+                "In the picture, are there more {first} than {second}?", "Do you see more {first} than {second}?"),
 }
 QUESTION_TYPES = tuple(QUESTION_TEMPLATES)
 POSITION_ANSWERS = {"left": "left", "middle": "middle", "right": "right", "top": "sky"}

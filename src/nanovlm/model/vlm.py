@@ -69,27 +69,35 @@ class VisionLanguageModel(nn.Module):
         """(N, 3, H, W) -> (N, image_tokens_per_image, n_embd)."""
         return self.projector(self.vision(images, packed=packed), packed=packed)
 
-    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None, packed: dict | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None, packed: dict | None = None,
+              vision_features: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with every <|image|> placeholder replaced by an image token, in order of appearance.
-        images: (N, 3, H, W), all images of the batch in reading order (sample 0's first, ...)."""
+        images: (N, 3, H, W), all images of the batch in reading order (sample 0's first, ...).
+        vision_features: instead of images, the vision encoder's outputs for them, (N, patches, width) (a frozen
+        encoder's outputs kept from an earlier step: training with cache_vision=true)."""
         x = self.decoder.tok_emb(input_ids)                                  # (B, T, C)
         is_image = input_ids == self.cfg.image_token_id
         n_placeholders = int(is_image.sum())
-        n_images = 0 if images is None else images.shape[0]
+        given = vision_features if vision_features is not None else images
+        n_images = 0 if given is None else given.shape[0]
         expected = n_images * self.cfg.image_tokens_per_image
         if n_placeholders != expected:
             raise ValueError(
                 f"the text holds {n_placeholders} {self.cfg.image_token} placeholder tokens but {n_images} image(s) "
                 f"x {self.cfg.image_tokens_per_image} tokens per image = {expected} were given")
         if n_images:
-            image_tokens = self.encode_images(images, packed)                # (N, tokens_per_image, C)
+            if vision_features is not None:
+                image_tokens = self.projector(vision_features, packed=packed)
+            else:
+                image_tokens = self.encode_images(images, packed)            # (N, tokens_per_image, C)
             x = x.clone()
             x[is_image] = image_tokens.reshape(-1, x.shape[-1]).to(x.dtype)
         return x
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool = True, segment_ids: torch.Tensor | None = None):
+                return_logits: bool = True, segment_ids: torch.Tensor | None = None,
+                vision_features: torch.Tensor | None = None):
         """input_ids, labels: (B, T); labels are the targets for each position's NEXT token already aligned with
         input_ids (label[t] is the token at t+1), -100 where no loss is taken. Returns (logits, loss or None).
 
@@ -100,9 +108,10 @@ class VisionLanguageModel(nn.Module):
 
         return_logits=False (training) returns (None, loss) and applies lm_head only to the positions that have a
         label: the (B, T, vocab) logits are the largest activation of the model, and in VQA most positions
-        (image tokens, question, chat template) take no loss."""
+        (image tokens, question, chat template) take no loss.
+        vision_features replaces images with the encoder's outputs for them (see embed)."""
         B, T = input_ids.shape
-        x = self.embed(input_ids, images)
+        x = self.embed(input_ids, images, vision_features=vision_features)
         if segment_ids is not None:
             position_ids, mask = packed_positions_and_mask(segment_ids)
         elif attention_mask is None:

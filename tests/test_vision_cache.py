@@ -1,0 +1,108 @@
+"""cache_vision=true: a frozen encoder's outputs kept per picture give the same training as computing them."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanovlm.cli import main
+from nanovlm.config import ConfigError, from_name
+from nanovlm.data.loader import FLIPPED, Augmentation, VLMDataset
+from nanovlm.data.synth import make_scenes
+from nanovlm.model.vlm import VisionLanguageModel
+from nanovlm.tokenizer import Tokenizer
+from nanovlm.train import TrainConfig
+from nanovlm.vision_cache import VisionCache, check_cache_fits
+
+TINY_RUN = ["--preset", "tiny", "--batch-size", "8", "--threads", "1", "--quiet", "--set", "warmup_steps=3",
+            "--set", "eval_batches=2", "--set", "freeze=vision"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    make_scenes(folder, n=48, style="vqa", image_size=32, seed=0, progress=False)
+    return folder
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cached_training_equals_computed_training(scenes, tmp_path):
+    """Past the first epoch every output comes from the cache: the losses stay those of the plain run."""
+    runs = {}
+    for cache in ("false", "true"):
+        runs[cache] = tmp_path / f"cache-{cache}"
+        assert main(["train", "--data", str(scenes), "--out", str(runs[cache]), "--steps", "12", *TINY_RUN,
+                     "--set", "augment=false", "--set", f"cache_vision={cache}", "--set", "eval_every=6"]) == 0
+    plain, cached = _losses(runs["false"]), _losses(runs["true"])
+    assert len(plain) == 12
+    assert cached == pytest.approx(plain, rel=1e-5, abs=1e-6)
+
+
+def test_cached_training_with_flips_keeps_two_pictures_per_scene(scenes, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "4", *TINY_RUN,
+                 "--set", "cache_vision=true", "--set", "eval_every=4"]) == 0
+    assert "augmentation limited to mirror flips" in capsys.readouterr().out
+    assert (run / "best/model.safetensors").is_file()
+
+
+def _dataset(scenes, augmentation, picture_keys):
+    tokenizer = Tokenizer.from_file(_tokenizer(scenes))
+    cfg = tokenizer.configure(from_name("tiny"))
+    return VLMDataset(scenes, tokenizer, cfg, augmentation=augmentation, picture_keys=picture_keys, max_len=1024), cfg
+
+
+def _tokenizer(scenes) -> Path:
+    path = scenes / "tokenizer.json"
+    if not path.exists():
+        from nanovlm.data import format as fmt
+        Tokenizer.train([t for r in fmt.read_records(scenes) for turn in r["texts"] for t in turn.values()],
+                        vocab_size=300).save(path)
+    return path
+
+
+def test_picture_keys_name_the_pictures_the_plain_samples_hold(scenes):
+    keyed, _ = _dataset(scenes, Augmentation.flips_only(), picture_keys=True)
+    plain, _ = _dataset(scenes, Augmentation.flips_only(), picture_keys=False)
+    flipped = 0
+    for item in [(i, epoch) for i in range(6) for epoch in range(2)]:
+        a, b = keyed[item], plain[item]
+        assert a["images"] is None and torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.equal(torch.stack([keyed.picture(k) for k in a["picture_keys"]]), b["images"])
+        flipped += a["picture_keys"][0].endswith(FLIPPED)
+    assert 0 < flipped < 12
+    with pytest.raises(ValueError, match="without rotation or jitter"):
+        _dataset(scenes, Augmentation(), picture_keys=True)
+
+
+def test_vision_cache_computes_each_picture_once():
+    model = VisionLanguageModel(from_name("tiny")).eval()
+    pictures = {f"p{i}": torch.rand(3, model.cfg.vision.image_size, model.cfg.vision.image_size) for i in range(4)}
+    loads = []
+    cache = VisionCache(model.vision, lambda key: loads.append(key) or pictures[key], torch.device("cpu"))
+    first = cache.features(["p0", "p1", "p0"])
+    second = cache.features(["p1", "p2", "p3"])
+    assert loads == ["p0", "p1", "p2", "p3"]
+    assert (cache.misses, cache.hits) == (4, 2)
+    with torch.no_grad():
+        expected = model.vision(torch.stack([pictures[k] for k in ("p1", "p2", "p3")]))
+    torch.testing.assert_close(second, expected)
+    assert torch.equal(first[0], first[2]) and torch.equal(first[1], second[0])
+    assert cache.nbytes() == 4 * first[0].numel() * first.element_size()
+
+
+def test_cache_that_would_outgrow_the_memory_is_refused_up_front():
+    assert check_cache_fits(1000, 64, 128, memory_bytes=2**40) == 1000 * 2 * 64 * 128 * 4
+    with pytest.raises(ValueError, match="more than half of this machine's"):
+        check_cache_fits(10**6, 64, 128, memory_bytes=2**34)
+
+
+def test_cache_vision_needs_a_frozen_encoder():
+    with pytest.raises(ConfigError, match="add freeze=vision"):
+        TrainConfig(cache_vision=True)
+    with pytest.raises(ConfigError, match="cannot be combined with cache_vision"):
+        TrainConfig(cache_vision=True, freeze=["vision"], max_readout_weight=1.0)
+    TrainConfig(cache_vision=True, freeze=["vision"])
