@@ -45,7 +45,7 @@ def test_cached_training_with_flips_keeps_two_pictures_per_scene(scenes, tmp_pat
     run = tmp_path / "run"
     assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "4", *TINY_RUN,
                  "--set", "cache_vision=true", "--set", "eval_every=4"]) == 0
-    assert "augmentation limited to mirror flips" in capsys.readouterr().out
+    assert "and their mirror images; augmentation limited to mirror flips" in capsys.readouterr().out
     assert (run / "best/model.safetensors").is_file()
 
 
@@ -95,7 +95,7 @@ def test_vision_cache_computes_each_picture_once():
 
 
 def test_cache_that_would_outgrow_the_memory_is_refused_up_front():
-    assert check_cache_fits(1000, 64, 128, memory_bytes=2**40) == 1000 * 2 * 64 * 128 * 4
+    assert check_cache_fits(2000, 64, 128, memory_bytes=2**40) == 2000 * 64 * 128 * 4
     with pytest.raises(ValueError, match="more than half of this machine's"):
         check_cache_fits(10**6, 64, 128, memory_bytes=2**34)
 

@@ -409,7 +409,7 @@ def train(tcfg: TrainConfig) -> dict:
         augmentation = Augmentation.flips_only() if tcfg.cache_vision else Augmentation()
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
                            max_pixels=tcfg.max_image_pixels, picture_keys=tcfg.cache_vision)
-    vision_cache = make_vision_cache(model, train_set, model_cfg, rt) if tcfg.cache_vision else None
+    vision_cache = make_vision_cache(model, train_set, model_cfg, rt, flips=tcfg.augment) if tcfg.cache_vision else None
     val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val", max_pixels=tcfg.max_image_pixels)
 
     state = {"step": 0, "best_val_loss": None, "best_score": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
@@ -527,13 +527,15 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
     return all_reduce_mean(total_loss, rt), n_tokens
 
 
-def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, cfg: VLMConfig, rt: Runtime) -> VisionCache:
+def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, cfg: VLMConfig, rt: Runtime,
+                      flips: bool) -> VisionCache:
     """The cache of the frozen encoder's outputs, refused up front when it could outgrow the memory."""
     n_pictures = len({path for record in train_set.records for path in record["images"]})
-    size = check_cache_fits(n_pictures, cfg.vision.num_patches + int(cfg.vision.use_cls), cfg.vision.width)
+    size = check_cache_fits(n_pictures * (2 if flips else 1), cfg.vision.num_patches + int(cfg.vision.use_cls),
+                            cfg.vision.width)
     if rt.is_main:
-        print(f"cache_vision: up to {size / 2**30:.2f} GiB for {n_pictures} pictures (mirror flips included); "
-              f"augmentation limited to mirror flips")
+        print(f"cache_vision: up to {size / 2**30:.2f} GiB for {n_pictures} pictures"
+              + (" and their mirror images; augmentation limited to mirror flips" if flips else ""))
     return VisionCache(model.vision, train_set.picture, rt.device)
 
 

@@ -45,14 +45,14 @@ class VisionCache:
         return sum(t.numel() * t.element_size() for t in self.outputs.values())
 
 
-def check_cache_fits(n_pictures: int, patches: int, width: int, bytes_per_value: int = 4,
+def check_cache_fits(n_entries: int, patches: int, width: int, bytes_per_value: int = 4,
                      memory_bytes: int | None = None) -> int:
-    """The cache's size when every picture (and its mirror image) is kept; a ValueError when that would take
-    more than half of this machine's memory, before any step runs."""
-    size = n_pictures * 2 * patches * width * bytes_per_value
+    """The cache's size when every entry (a picture, or its mirror image) is kept; a ValueError when that would
+    take more than half of this machine's memory, before any step runs."""
+    size = n_entries * patches * width * bytes_per_value
     memory = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if size > memory // 2:
         raise ValueError(f"cache_vision would keep up to {size / 2**30:.1f} GiB of encoder outputs "
-                         f"({n_pictures} pictures, each also mirrored, x {patches} x {width} values), more than half "
+                         f"({n_entries} pictures and mirror images x {patches} x {width} values), more than half "
                          f"of this machine's {memory / 2**30:.1f} GiB: train without cache_vision=true")
     return size
