@@ -140,3 +140,27 @@ def test_bad_input_is_one_clear_error(problem, scenes, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected[problem] in err, err
     assert "Traceback" not in err
+
+
+FROZEN = ["--set", "freeze=vision", "--set", "eval_every=6"]
+
+
+def test_cached_vision_trains_as_computed_vision(scenes, tmp_path):
+    """cache_vision=true: past the first epoch the encoder's outputs come from the cache, and the losses stay
+    those of the run that computes them."""
+    losses = {}
+    for cache in ("false", "true"):
+        run = tmp_path / f"cache-{cache}"
+        assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "12", *TINY_RUN, *FROZEN,
+                     "--set", "augment=false", "--set", f"cache_vision={cache}"]) == 0
+        losses[cache] = [m["loss"] for m in _metrics(run)]
+    assert len(losses["false"]) == 12
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-5, abs=1e-6)
+
+
+def test_cached_vision_with_flips_keeps_the_mirror_images(scenes, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "4", *TINY_RUN, *FROZEN,
+                 "--set", "cache_vision=true"]) == 0
+    assert "and their mirror images; augmentation limited to mirror flips" in capsys.readouterr().out
+    assert (run / "best/model.safetensors").is_file()
