@@ -252,4 +252,4 @@ def test_version_and_help(capsys):
     code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.startswith("nanovlm ")
     code, out, _ = run_cli(capsys, "train", "--help")
-    assert code == 0 and "(default: 1500)" in out and "(default: bf16)" in out
+    assert code == 0 and "(default: 1500)" in out and "(default: auto)" in out

@@ -14,7 +14,7 @@ from PIL import Image
 from nanovlm.config import ConfigError
 from nanovlm.data.format import DatasetFormatError, read_records
 from nanovlm.data.loader import VLMDataset
-from nanovlm.devices import resolve_device
+from nanovlm.devices import has_fast_bf16, resolve_device, resolve_precision
 from nanovlm.images import ImageError, open_image
 from nanovlm.model.vlm import CheckpointError, VisionLanguageModel
 from nanovlm.predict import complete
@@ -270,6 +270,33 @@ def test_resolve_device():
     else:
         with pytest.raises(ConfigError, match="does not exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                     (False, True, "bf16")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
+    """On an AVX2-only CPU torch's bf16 matmul is a slow fallback (64x slower than fp32 on our machine): auto must
+    train in fp32 there, and keep bf16 autocast on CPUs with AVX512-BF16 or AMX."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert has_fast_bf16(cpu) is (expected == "bf16")
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("fp32", cpu) == "fp32"
+    if expected == "fp32":
+        with pytest.warns(UserWarning, match="bf16 on a CPU without bf16 instructions"):
+            assert resolve_precision("bf16", cpu) == "bf16"      # asked for explicitly: kept, with the reason
+
+
+def test_resolve_precision_rejects_what_cannot_run():
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16; got 'half'"):
+        resolve_precision("half", cpu)
+    with pytest.raises(ConfigError, match="precision fp16 needs CUDA"):
+        resolve_precision("fp16", cpu)
+    missing_probes = [name for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+                        if not hasattr(torch.cpu, name)]
+    assert not missing_probes, "torch.cpu lost a feature probe: has_fast_bf16 would always answer fp32"
 
 
 # ----------------------------------------------------------------------------------------------- model folders

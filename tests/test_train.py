@@ -13,6 +13,7 @@ import torch
 from nanovlm.cli import main
 from nanovlm.config import ConfigError
 from nanovlm.data.synth import make_scenes
+from nanovlm.devices import has_fast_bf16
 from nanovlm.train import TrainConfig, lr_at, split_overrides
 
 TINY_RUN = ["--preset", "tiny", "--batch-size", "8", "--threads", "1", "--quiet",
@@ -67,6 +68,9 @@ def test_train_cli_writes_checkpoints_metrics_and_curve(scenes, tmp_path, capsys
     assert [m["step"] for m in metrics] == list(range(1, 7))
     assert "val_loss" in metrics[2] and "val_loss" in metrics[5]
     assert json.loads((run / "last/trainer_state.json").read_text())["step"] == 6
+    # precision auto is resolved for this machine, and the run records what it used
+    used = json.loads((run / "train_config.json").read_text())["precision"]
+    assert used == ("bf16" if has_fast_bf16(torch.device("cpu")) else "fp32")
     # the frozen vision encoder did not move; the decoder did
     from nanovlm.model.vlm import VisionLanguageModel
     from safetensors.torch import load_file

@@ -23,19 +23,22 @@ import time
 import torch
 
 from .config import ConfigError, from_name
-from .devices import resolve_device
+from .devices import has_fast_bf16, resolve_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)   # auto: bf16 where it is fast (devices.has_fast_bf16), else fp32
 
 
 def _log(message: str):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _check_dtype(name: str, value: str) -> torch.dtype:
-    if value not in DTYPES:
-        raise ConfigError(f"{name} must be one of {', '.join(DTYPES)}; got {value!r}")
-    return DTYPES[value]
+def _resolve_dtype(name: str, value: str, device: torch.device) -> str:
+    if value not in DTYPE_CHOICES:
+        raise ConfigError(f"{name} must be one of {', '.join(DTYPE_CHOICES)}; got {value!r}")
+    if value == "auto":
+        return "bf16" if has_fast_bf16(device) else "fp32"
+    return value
 
 
 def _sync(device: torch.device):
@@ -175,13 +178,22 @@ def count_flops(fn) -> int | None:
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """What this machine's matrix multiply reaches on a large square product: the ceiling to compare with."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 2048, repeats: int = 10) -> float:
+    """What this machine's matrix multiply reaches on a large square product: the ceiling to compare with.
+    The size doubles from 256 while one product takes under 20 ms, up to max_size: where the dtype is slow (bf16
+    on a CPU without bf16 instructions: ~1 GFLOP/s) a 2048 product would take 10+ seconds for the same answer."""
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b                                           # warm-up
+        _sync(device)
+        start = time.perf_counter()
         a @ b
-    _sync(device)
+        _sync(device)
+        if size >= max_size or time.perf_counter() - start > 0.02:
+            break
+        size *= 2
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
@@ -228,7 +240,7 @@ def bench_decode(cfg, device, prompt_len: int, new_tokens: int, dtype: torch.dty
 
 
 def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: int = 128, prompt_len: int = 20,
-                  new_tokens: int = 50, train_dtype: str = "bf16", decode_dtype: str = "bf16", steps: int = 3,
+                  new_tokens: int = 50, train_dtype: str = "auto", decode_dtype: str = "auto", steps: int = 3,
                   device: str = "auto", compile: bool = False, reuse_memory: bool = True) -> dict:
     """Benchmark one preset with random weights; returns a flat dict of settings and measurements (seconds,
     tokens/s, MiB). Set train steps=0 or new_tokens=0 to skip a phase. reuse_memory calls keep_freed_memory()
@@ -241,9 +253,10 @@ def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: 
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if steps < 0 or new_tokens < 0:
         raise ConfigError("steps and new_tokens must be >= 0")
-    train_torch_dtype = _check_dtype("train_dtype", train_dtype)
-    decode_torch_dtype = _check_dtype("decode_dtype", decode_dtype)
     dev = resolve_device(device)
+    train_dtype = _resolve_dtype("train_dtype", train_dtype, dev)
+    decode_dtype = _resolve_dtype("decode_dtype", decode_dtype, dev)
+    train_torch_dtype, decode_torch_dtype = DTYPES[train_dtype], DTYPES[decode_dtype]
     torch.set_num_threads(threads)
     cfg = build_config(preset)
     for phase, length in (("train", cfg.image_tokens_per_image + text_len),

@@ -28,7 +28,7 @@ from .config import (ConfigError, VLMConfig, _check_choice, all_model_keys, did_
 from .data import format as fmt
 from .data.loader import Augmentation, EpochSampler, VLMDataset, collate, collate_packed
 from .cpu_share import CpuShare
-from .devices import resolve_device
+from .devices import PRECISIONS, resolve_device, resolve_precision
 from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
@@ -68,7 +68,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1                     # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.01
     grad_clip: float = 1.0                        # max gradient norm; 0 = off
-    precision: str = "bf16"                       # fp32 | bf16 (autocast) | fp16 (CUDA, autocast + GradScaler)
+    # auto (bf16 autocast where bf16 is fast: GPUs, CPUs with AVX512-BF16/AMX; else fp32) | fp32 | bf16 | fp16
+    # (CUDA, autocast + GradScaler). train_config.json records the precision a run used.
+    precision: str = "auto"
     eval_every: int = 100                         # steps between validations (and `last` checkpoints)
     eval_batches: int = 10                        # validation batches per evaluation
     patience: int = 0                             # evaluations without improvement before stopping; 0 = off
@@ -114,7 +116,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check = _range_check
-        _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("language_init", self.language_init, ("pretrained", "random"))
         check(self.language_init == "pretrained" or self.language is not None,
               "language_init=random starts a pretrained language model's architecture afresh: it needs --language")
@@ -358,10 +360,11 @@ def make_loader(dataset: VLMDataset, tcfg: TrainConfig, rt: Runtime, pad_id: int
 
 
 def autocast(tcfg: TrainConfig, device: torch.device):
+    """The autocast context of a precision already resolved (resolve_precision: never "auto" here)."""
     if tcfg.precision == "fp32":
         return contextlib.nullcontext()
     if tcfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs CUDA; use bf16 on CPU")
+        raise ConfigError("precision fp16 needs CUDA; use auto, fp32 or bf16")
     dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 
@@ -377,6 +380,7 @@ def barrier(rt: Runtime):
 def train(tcfg: TrainConfig) -> dict:
     """Train; return a summary (steps, losses, time, checkpoint paths)."""
     rt = setup_runtime(tcfg)
+    tcfg = dataclasses.replace(tcfg, precision=resolve_precision(tcfg.precision, rt.device))
     out = Path(tcfg.out)
     torch.manual_seed(tcfg.seed + rt.rank)
     if not Path(tcfg.data).is_dir():

@@ -4,6 +4,9 @@ from __future__ import annotations
 from .common import add_command, add_json, print_json
 
 
+DTYPE_CHOICES = ("auto", "fp32", "bf16")   # nanovlm.bench.DTYPE_CHOICES, without importing torch for --help
+
+
 def register(sub, groups):
     p = add_command(sub, "bench", "measure train-step time, tokens/s, decode tokens/s and peak memory "
                     "(random weights)")
@@ -13,8 +16,10 @@ def register(sub, groups):
     p.add_argument("--text-len", type=int, default=128, help="text tokens per training sample")
     p.add_argument("--prompt-len", type=int, default=20, help="text tokens in the decode prompt")
     p.add_argument("--new-tokens", type=int, default=50, help="tokens to decode (0 = skip decoding)")
-    p.add_argument("--train-dtype", choices=["fp32", "bf16"], default="bf16", help="autocast dtype for training")
-    p.add_argument("--decode-dtype", choices=["fp32", "bf16"], default="bf16", help="weight dtype for decoding")
+    p.add_argument("--train-dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="autocast dtype for training (auto: bf16 where it is fast, else fp32)")
+    p.add_argument("--decode-dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="weight dtype for decoding (auto: bf16 where it is fast, else fp32)")
     p.add_argument("--steps", type=int, default=3, help="timed train steps after one warm-up (0 = skip training)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
