@@ -20,7 +20,8 @@ def test_run_benchmark_tiny(train_dtype, decode_dtype):
                       reuse_memory=False)   # keep_freed_memory() would change malloc for the whole test process
     for key in ("train_step_s", "train_step_best_s", "train_tokens_per_s", "train_peak_mb", "prefill_s",
                 "decode_tokens_per_s", "decode_best_tokens_per_s", "decode_e2e_tokens_per_s", "decode_peak_mb",
-                "train_samples_per_s", "train_flops_per_step", "train_flops_per_s", "matmul_peak_flops_per_s"):
+                "train_samples_per_s", "train_flops_per_step", "train_flops_per_s", "matmul_peak_flops_per_s",
+                "matmul_peak_size"):
         assert r[key] > 0, key
     assert r["threads"] == 1 and r["device"] == "cpu" and r["parameters"] > 0
     assert r["train_tokens_per_step"] == 2 * (8 + tiny_config().image_tokens_per_image)

@@ -178,8 +178,10 @@ def count_flops(fn) -> int | None:
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 2048, repeats: int = 10) -> float:
-    """What this machine's matrix multiply reaches on a large square product: the ceiling to compare with.
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 2048,
+                      repeats: int = 10) -> tuple[float, int]:
+    """What this machine's matrix multiply reaches on a large square product, the ceiling to compare with:
+    (FLOP/s, the product's size).
     The size doubles from 256 while one product takes under 20 ms, up to max_size: where the dtype is slow (bf16
     on a CPU without bf16 instructions: ~1 GFLOP/s) a 2048 product would take 10+ seconds for the same answer."""
     size = 256
@@ -198,7 +200,7 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 
     for _ in range(repeats):
         a @ b
     _sync(device)
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start), size
 
 
 @torch.inference_mode()
@@ -283,7 +285,7 @@ def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: 
         _log(f"train: batch {batch_size} x ({cfg.image_tokens_per_image} image + {text_len} text tokens), "
              f"{train_dtype} autocast, AdamW, 1 warm-up + {steps} timed steps")
         results.update(bench_train(cfg, dev, batch_size, text_len, train_torch_dtype, steps, compile))
-        results["matmul_peak_flops_per_s"] = matmul_peak_flops(dev, train_torch_dtype)
+        results["matmul_peak_flops_per_s"], results["matmul_peak_size"] = matmul_peak_flops(dev, train_torch_dtype)
     return results
 
 
@@ -303,7 +305,7 @@ def format_results(results: dict) -> str:
 
     if "train_step_s" in r:
         lines.append(f"train: batch {r['batch_size']} x ({r['image_tokens']} image + {r['text_len']} text tokens), "
-                     f"{r['train_dtype']} autocast, fp32 AdamW")
+                     f"{'fp32' if r['train_dtype'] == 'fp32' else r['train_dtype'] + ' autocast'}, fp32 AdamW")
         row("  step time (median)", r["train_step_s"], "s")
         row("  step time (best)", r["train_step_best_s"], "s")
         row("  tokens/s", r["train_tokens_per_s"], "tokens/s", "{:.0f}")
@@ -311,7 +313,7 @@ def format_results(results: dict) -> str:
         if r["train_flops_per_step"] is not None:
             row("  model FLOPs per step", r["train_flops_per_step"] / 1e9, "GFLOP", "{:.1f}")
             row("  achieved", r["train_flops_per_s"] / 1e9, "GFLOP/s", "{:.1f}")
-        row(f"  {r['train_dtype']} matmul peak (2048^3)", r["matmul_peak_flops_per_s"] / 1e9, "GFLOP/s", "{:.1f}")
+        row(f"  {r['train_dtype']} matmul peak ({r['matmul_peak_size']}^3)", r["matmul_peak_flops_per_s"] / 1e9, "GFLOP/s", "{:.1f}")
         if r["train_flops_per_step"] is not None:
             row("  share of matmul peak", 100 * r["train_flops_per_s"] / r["matmul_peak_flops_per_s"], "%", "{:.0f}")
         row("  peak memory", r["train_peak_mb"], "MiB", "{:.0f}")
