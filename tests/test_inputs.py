@@ -4,9 +4,11 @@ import io
 import json
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +16,7 @@ from PIL import Image
 from nanovlm.config import ConfigError
 from nanovlm.data.format import DatasetFormatError, read_records
 from nanovlm.data.loader import VLMDataset
-from nanovlm.devices import has_fast_bf16, resolve_device, resolve_precision
+from nanovlm.devices import has_fast_bf16, resolve_device, resolve_precision, warn_if_bf16_is_slow
 from nanovlm.images import ImageError, open_image
 from nanovlm.model.vlm import CheckpointError, VisionLanguageModel
 from nanovlm.predict import complete
@@ -284,8 +286,15 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeyp
     assert resolve_precision("auto", cpu) == expected
     assert resolve_precision("fp32", cpu) == "fp32"
     if expected == "fp32":
-        with pytest.warns(UserWarning, match="bf16 on a CPU without bf16 instructions"):
+        with pytest.warns(UserWarning, match="precision bf16 on a CPU without bf16 instructions"):
             assert resolve_precision("bf16", cpu) == "bf16"      # asked for explicitly: kept, with the reason
+        with pytest.warns(UserWarning, match="--bf16 on a CPU without bf16 instructions.*leave it out"):
+            warn_if_bf16_is_slow(cpu, "--bf16", "leave it out")  # what `generate --bf16` and `serve --bf16` say
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert resolve_precision("bf16", cpu) == "bf16"
+            warn_if_bf16_is_slow(cpu, "--bf16", "leave it out")
 
 
 def test_resolve_precision_rejects_what_cannot_run():

@@ -70,11 +70,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs CUDA; use auto, fp32 or bf16")
-    fast = has_fast_bf16(device)
     if precision == "auto":
-        return "bf16" if fast else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not fast:
-        warnings.warn("precision bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): its matrix "
-                      "products run many times slower than fp32 here; precision auto would use fp32",
-                      stacklevel=2)
+        return "bf16" if has_fast_bf16(device) else "fp32"
+    if precision == "bf16":
+        warn_if_bf16_is_slow(torch.device(device), "precision bf16", "precision auto would use fp32")
     return precision
+
+
+def warn_if_bf16_is_slow(device: torch.device, what: str, instead: str):
+    """One warning when bf16 was asked for on a CPU that has no bf16 instructions (it still runs, slowly)."""
+    if device.type == "cpu" and not has_fast_bf16(device):
+        warnings.warn(f"{what} on a CPU without bf16 instructions (AVX512-BF16 or AMX): its matrix products run "
+                      f"many times slower than fp32 here; {instead}", stacklevel=3)

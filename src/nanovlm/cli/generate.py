@@ -26,6 +26,7 @@ def register(sub, groups):
 def run(args):
     import torch
 
+    from ..devices import resolve_device, warn_if_bf16_is_slow
     from ..hub import resolve_model_dir
     from ..model.vlm import VisionLanguageModel
     from ..predict import complete, open_image
@@ -35,6 +36,8 @@ def run(args):
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     images = [open_image(path, max_pixels=args.max_pixels) for path in args.image]
+    if args.bf16:
+        warn_if_bf16_is_slow(resolve_device(args.device), "--bf16", "leave it out to run in fp32")
     model = VisionLanguageModel.from_pretrained(resolve_model_dir(args.model), device=args.device,
                                                 dtype=torch.bfloat16 if args.bf16 else None)
     completions = complete(model, images, answer_starts=[args.prompt] * len(images),

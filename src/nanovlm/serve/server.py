@@ -35,6 +35,7 @@ def build_authenticator(cfg: ServeConfig) -> Authenticator:
 def load_model(cfg: ServeConfig):
     import torch
 
+    from ..devices import resolve_device, warn_if_bf16_is_slow
     from ..hub import resolve_model_dir
     from ..model.vlm import VisionLanguageModel
 
@@ -47,6 +48,8 @@ def load_model(cfg: ServeConfig):
     # had a team, 39 ms when it had none.
     cfg.threads = cfg.threads or torch.get_num_threads()
     torch.set_num_threads(1)
+    if cfg.bf16:
+        warn_if_bf16_is_slow(resolve_device(cfg.device), "--bf16", "leave it out to serve in fp32")
     return VisionLanguageModel.from_pretrained(resolve_model_dir(cfg.model), device=cfg.device,
                                                dtype=torch.bfloat16 if cfg.bf16 else None)
 
