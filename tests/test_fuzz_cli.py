@@ -241,6 +241,11 @@ def test_cuda_without_cuda_is_one_error(capsys, model_dir, image):
     (["info", "gigantic"], "unknown preset"),
     (["generate", "--model", "{tmp}/none", "--image", "{tmp}"], "image"),
     (["nonsense"], "invalid choice"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--precision", "half"], "precision must be one of auto"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--precision", "fp16", "--device", "cpu"],
+     "precision fp16 needs CUDA"),
+    (["bench", "tiny", "--train-dtype", "half"], "invalid choice"),
+    (["bench", "tiny", "--decode-dtype", "fp16"], "invalid choice"),
 ])
 def test_misc_bad_inputs(capsys, tmp_path, argv, message):
     code, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
