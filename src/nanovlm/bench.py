@@ -23,10 +23,10 @@ import time
 import torch
 
 from .config import ConfigError, from_name
-from .devices import has_fast_bf16, resolve_device
+from .devices import resolve_device, resolve_precision
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DTYPE_CHOICES = ("auto", *DTYPES)   # auto: bf16 where it is fast (devices.has_fast_bf16), else fp32
+DTYPE_CHOICES = ("auto", *DTYPES)   # auto: bf16 where it is fast, else fp32 (devices.resolve_precision)
 
 
 def _log(message: str):
@@ -36,9 +36,7 @@ def _log(message: str):
 def _resolve_dtype(name: str, value: str, device: torch.device) -> str:
     if value not in DTYPE_CHOICES:
         raise ConfigError(f"{name} must be one of {', '.join(DTYPE_CHOICES)}; got {value!r}")
-    if value == "auto":
-        return "bf16" if has_fast_bf16(device) else "fp32"
-    return value
+    return resolve_precision(value, device)
 
 
 def _sync(device: torch.device):

@@ -73,7 +73,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if has_fast_bf16(device) else "fp32"
     if precision == "bf16":
-        warn_if_bf16_is_slow(torch.device(device), "precision bf16", "precision auto would use fp32")
+        warn_if_bf16_is_slow(device, "precision bf16", "precision auto would use fp32")
     return precision
 
 

@@ -9,7 +9,8 @@ from .common import (add_command, add_json, add_overwrite, add_set_option, field
 # TrainConfig fields that also have a flag of their own
 TRAIN_FLAGS = {"steps": "optimizer steps", "batch_size": "samples per micro-batch (per process)",
                "lr": "base learning rate", "seed": "random seed", "num_workers": "DataLoader worker processes",
-               "precision": "auto (bf16 autocast where bf16 is fast, else fp32), fp32, bf16 or fp16 (CUDA)", "threads": "torch CPU threads (0 = torch's choice)",
+               "precision": "auto (bf16 autocast where bf16 is fast, else fp32), fp32, bf16 or fp16 (CUDA)",
+               "threads": "torch CPU threads (0 = torch's choice)",
                "device": "auto, cpu, cuda or cuda:N",
                "tokenizer": "tokenizer.json to use instead of training a BPE on the data",
                "language": "pretrained language model: a Hugging Face Llama folder, a .gguf file or a Hub id; the "
