@@ -24,7 +24,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database
                 suppress_health_check=list(HealthCheck))
 ROUTES = ["/v1/complete", "/v1/vqa", "/v1/extract-fields", "/v1/chat/completions"]
 FIELDS = ["image", "prompt", "question", "answer_start", "max_tokens", "temperature", "top_k", "top_p", "seed",
-          "stop", "fields", "schema", "threshold", "messages", "model", "stream", "n", "max_completion_tokens"]
+          "stop", "fields", "schema", "threshold", "messages", "model", "stream", "n", "max_completion_tokens",
+          "response_format"]
 
 
 def _forged_png(width, height) -> bytes:
@@ -72,6 +73,21 @@ near_values = {
         max_size=5)}),
     "messages": messages, "stream": st.booleans(), "n": st.integers(-1, 3),
 }
+# JSON schemas, sound and hostile, for response_format: what the grammar engine cannot compile, or fails on
+# mid-answer, is a 400 naming response_format, never a 500
+SCHEMA_KEYS = ["type", "properties", "required", "enum", "items", "minimum", "maximum", "minLength", "maxLength",
+               "pattern", "$ref", "anyOf", "additionalProperties", "const", "format"]
+schemas = st.recursive(
+    st.one_of(st.sampled_from(["string", "integer", "number", "boolean", "object", "array", "null", "#", "(a"]),
+              st.integers(-3, 20), st.booleans(), st.none(), st.lists(st.sampled_from(["a", "b", 1]), max_size=3)),
+    lambda inner: st.one_of(st.dictionaries(st.sampled_from(SCHEMA_KEYS) | st.text(max_size=4), inner, max_size=4),
+                            st.lists(inner, max_size=3)),
+    max_leaves=10)
+near_values["response_format"] = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema", "xml", 3])}),
+    st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
+        {"name": st.text(max_size=5)}, optional={"schema": schemas, "strict": st.booleans()})}),
+    values)
 PNG_URL = data_url(png_bytes())
 VALID = {
     "/v1/complete": {"image": PNG_URL, "prompt": "I see", "max_tokens": 2},
@@ -154,3 +170,19 @@ def test_fuzzed_raw_and_multipart_requests_never_give_a_500(client, route, metho
         response = client.request(method, route, content=raw, headers={"content-type": content_type})
     _check(response) if response.headers.get("content-type", "").startswith("application/json") \
         else (response.status_code < 500) or pytest.fail(response.text[:300])
+
+
+@FUZZ
+@given(response_format=near_values["response_format"], temperature=st.sampled_from([0, 1.0]))
+def test_fuzzed_response_formats_are_held_or_refused_never_a_500(client, response_format, temperature):
+    """Every response_format: refused with a 400 naming it, or answered (then a complete answer is valid JSON)."""
+    body = {**VALID["/v1/chat/completions"], "max_tokens": 4, "temperature": temperature, "seed": 0,
+            "response_format": response_format}
+    response = client.post("/v1/chat/completions", json=body)
+    _check(response)
+    if response.status_code >= 400:
+        assert response.status_code in (400, 422) and "response_format" in json.dumps(response.json())
+    elif isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        choice = response.json()["choices"][0]
+        if choice["finish_reason"] == "stop":
+            json.loads(choice["message"]["content"])

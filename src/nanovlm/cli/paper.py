@@ -108,7 +108,8 @@ def register(sub, groups):
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: room for the longest reference)")
     add_chat_options(p, prefix="judge-", what="the judge")
     p.add_argument("--json-schema", action="store_true", help="ask for the grades' JSON schema as response_format "
-                   "(OpenAI structured outputs, vLLM guided decoding, llama.cpp grammar); not every server takes it")
+                   "(OpenAI structured outputs, vLLM guided decoding, llama.cpp grammar, nanovlm serve): "
+                   "what lets a small judge write valid grades; not every server takes it")
     p.add_argument("--cache", help="grade cache file: a rerun pays only for new completions")
     p.add_argument("--report", default="judge_report", help="writes REPORT.md and REPORT.json (Table 3) and "
                    "REPORT-<model>.jsonl per sample")

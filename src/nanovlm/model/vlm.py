@@ -157,10 +157,14 @@ class VisionLanguageModel(nn.Module):
                        attention_mask: torch.Tensor | None = None, max_new_tokens: int = 50,
                        temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                        eos_token_id: int | None = None, seed: int | None = None, return_logits: bool = False,
-                       packed_weights: dict | None = None):
+                       packed_weights: dict | None = None, constrain=None):
         """generate() one step at a time (for streaming and for servers that stop a batch early): yields a
         GenerationStep per new token, until every sequence has hit EOS or max_new_tokens are out. Closing the
         generator early is fine.
+
+        constrain: a function (B, V) logits -> logits called before each token is sampled (structured output masks
+        the tokens a JSON schema forbids; see nanovlm.structured). It is called after the consumer has taken the
+        previous step, so it can depend on the tokens yielded so far. Log-probabilities stay the model's own.
 
         Everything this call needs (the KV caches, the sampler's random generator) lives in this call: nothing is
         set on the model's modules and no process-wide switch is flipped, so several calls, in several threads,
@@ -195,7 +199,8 @@ class VisionLanguageModel(nn.Module):
         next_position = positions[:, -1:] + 1                                        # (B, 1)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
-            token = sampling.sample(logits, temperature, top_k, top_p, generator)
+            allowed_logits = logits if constrain is None else constrain(logits)
+            token = sampling.sample(allowed_logits, temperature, top_k, top_p, generator)
             token = torch.where(finished, pad, token)
             # log-probability of the chosen token under the model's own (untempered) distribution: a confidence
             logprob = torch.log_softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]

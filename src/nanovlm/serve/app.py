@@ -4,7 +4,8 @@
     POST /v1/vqa                 image + question -> answer
     POST /v1/extract-fields      image + field names (or a small JSON schema) -> one value per field (null where
                                  unsure) and a per-field confidence
-    POST /v1/chat/completions    OpenAI-compatible (image_url content parts as data URLs, SSE streaming)
+    POST /v1/chat/completions    OpenAI-compatible (image_url content parts as data URLs, SSE streaming,
+                                 response_format json_object / json_schema held by constrained decoding)
     GET  /v1/models, /health, /metrics (Prometheus), /docs (OpenAPI), / (the web page)
 
 Images come as multipart file uploads or as base64 / data URLs in JSON. Everything a client can get wrong is a
@@ -33,6 +34,7 @@ from ..config import ConfigError
 from ..data.format import DESCRIBE_PROMPT
 from ..data.transforms import to_pixels
 from ..predict import check_context
+from ..structured import JsonConstraint, ResponseFormatError, schema_from_response_format
 from .auth import Authenticator, AuthError, RateLimited, RateLimiter
 from .batching import Batcher, Job, QueueFull, ShuttingDown
 from .inputs import (APIError, bad_request, check_text, decode_base64_image, generation_config,
@@ -172,6 +174,9 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    response_format: dict | None = Field(None, description='{"type": "json_object"} or {"type": "json_schema", '
+                                          '"json_schema": {"name": ..., "schema": {...}}}: the answer is held to '
+                                          'valid JSON (matching the schema) token by token')
 
 
 def _multipart_schema(model: type[BaseModel]) -> dict:
@@ -232,6 +237,10 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
     async def _api_error(request: Request, e: APIError):
         return error_response(request, e.status, e.message, e.kind, e.param, e.headers)
 
+    @app.exception_handler(ResponseFormatError)     # a schema the grammar engine fails on mid-answer
+    async def _response_format_error(request: Request, e: ResponseFormatError):
+        return error_response(request, 400, str(e), param="response_format")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         return error_response(request, 422, _validation_message(e.errors()))
@@ -275,7 +284,14 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
         except (QueueFull, ShuttingDown) as e:
             raise APIError(503, str(e), kind="server_error", headers={"Retry-After": "1"})
 
-    def make_job(turns: list[dict], images, generation, stream=False) -> Job:
+    def json_constraint(response_format) -> JsonConstraint | None:
+        try:
+            schema = schema_from_response_format(response_format)
+            return None if schema is None else JsonConstraint(tokenizer, model.cfg.decoder.vocab_size, schema)
+        except ResponseFormatError as e:
+            raise bad_request(str(e), "response_format") from None
+
+    def make_job(turns: list[dict], images, generation, stream=False, constraint=None) -> Job:
         n_image_tokens = len(images) * model.cfg.image_tokens_per_image
         ids, _ = tokenizer.encode_conversation(turns, n_image_tokens, fusion=model.cfg.fusion, for_generation=True)
         if not ids:
@@ -284,7 +300,7 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
             check_context(model.cfg, len(ids), generation.max_new_tokens)
         except ConfigError as e:
             raise bad_request(str(e), "max_tokens") from None
-        return Job(prompt_ids=ids, images=images, generation=generation, stream=stream)
+        return Job(prompt_ids=ids, images=images, generation=generation, stream=stream, constraint=constraint)
 
     async def read_body(request: Request, kind: type[BaseModel]) -> tuple[BaseModel, list]:
         """JSON or multipart -> (validated request, [PIL image])."""
@@ -397,7 +413,8 @@ def create_app(model, cfg: ServeConfig, auth: Authenticator | None = None) -> Fa
                                   temperature=body.temperature or 0.0, top_k=body.top_k, top_p=body.top_p,
                                   seed=body.seed, stop=body.stop)
         generation = generation_config(params, cfg.max_new_tokens, cfg.default_max_new_tokens)
-        job = submit(make_job(turns, images, generation, stream=body.stream))
+        constraint = await asyncio.to_thread(json_constraint, body.response_format)  # compiling takes milliseconds
+        job = submit(make_job(turns, images, generation, stream=body.stream, constraint=constraint))
         completion_id, created = f"chatcmpl-{request_id(request)}", int(time.time())
         usage = lambda: {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.tokens),
                          "total_tokens": len(job.prompt_ids) + len(job.tokens)}

@@ -13,7 +13,8 @@ spread over ~100 ms), 3.5x the throughput of no batching; see README "Serving". 
 that can share one sampler (all greedy ones together; sampled ones with equal temperature / top-k / top-p; a
 seeded one alone, so that its answer does not depend on its neighbours) as one left-padded batch through
 `model.generate_steps()`. Each job keeps its own max_new_tokens and stop strings: after every step each job
-checks its own text and finishes on its own; the batch ends when the last of its jobs is done.
+checks its own text and finishes on its own; the batch ends when the last of its jobs is done. A job held to a JSON
+schema (response_format) has its own row of the logits masked (nanovlm.structured), so it can share any batch.
 
 This is batch-per-window, not continuous batching: a job that arrives while a batch runs waits for that batch to
 end (at most the batch's longest answer). shutdown() stops taking jobs and finishes every job already taken.
@@ -33,6 +34,7 @@ from PIL import Image
 from ..data.transforms import normalise_batch, to_pixels
 from ..predict import left_pad
 from ..sampling import GenerationConfig
+from ..structured import JsonConstraint, ResponseFormatError, mask_logits
 
 
 class QueueFull(RuntimeError):
@@ -51,6 +53,7 @@ class Job:
                                               # them in their threads, off the model's critical path)
     generation: GenerationConfig
     stream: bool = False                      # push text deltas to `deltas` as they are generated
+    constraint: JsonConstraint | None = None  # structured output: the answer must match this JSON schema
     # results
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -202,10 +205,13 @@ class Batcher:
                   for job in batch for image in job.images]
         pixels = normalise_batch(torch.stack(pixels), model.cfg.vision).to(device, dtype) if pixels else None
         g = batch[0].generation
+        # Rows of finished jobs (padding from then on) are left free.
+        constrain = None if all(job.constraint is None for job in batch) else (lambda logits: mask_logits(
+            logits, [job.constraint if job.finish_reason is None else None for job in batch]))
         steps = model.generate_steps(ids.to(device), pixels, attention_mask=mask.to(device),
                                      max_new_tokens=max(job.generation.max_new_tokens for job in batch),
                                      temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed,
-                                     packed_weights=self.packed_weights)
+                                     packed_weights=self.packed_weights, constrain=constrain)
         eos = model.cfg.eos_token_id
         try:
             for step in steps:
@@ -222,6 +228,14 @@ class Batcher:
                 job.finish_reason = "length"
 
     def _advance(self, job: Job, token: int, logprob: float, eos: int):
+        if job.constraint is not None:
+            if token != eos:
+                job.constraint.advance(token)
+            if job.constraint.error:     # this job fails alone; its batch neighbours go on
+                job.error = ResponseFormatError(f"the answer could not be held to the JSON schema: "
+                                                f"{job.constraint.error}")
+                job.finish_reason = "stop"
+                return
         if token == eos:
             job.finish_reason = "stop"
             return
