@@ -14,7 +14,7 @@ from PIL import Image
 
 from nanovlm.chat import ChatError, ChatSettings, Usage
 from nanovlm.data.describe import (CACHE_FILE, FAILURES_FILE, DescribeConfig, check_description, describe_dataset,
-                                   heldout_prompt)
+                                   description_response_format, heldout_prompt)
 from nanovlm.data.format import read_records, write_records
 from openai_server import FakeChatServer
 
@@ -153,6 +153,22 @@ def test_bad_answers_are_retried_with_the_reason(coco_like, tmp_path):
     assert retry_turns[0][1] == {"role": "assistant", "content": TOO_LONG}
     assert "it has 50 words but must have 20 to 25" in retry_turns[0][2]["content"]
     assert {r["meta"]["describe"]["attempts"] for r in read_records(tmp_path / "out")} == {2}
+
+
+def test_json_schema_asks_for_the_word_range_as_a_pattern_and_reads_the_json_answer(coco_like, tmp_path):
+    with FakeChatServer(reply=lambda m, model: json.dumps({"description": good_reply(m, model)})) as server:
+        summary = run(coco_like, tmp_path / "out", server, json_schema=True)
+        formats = [r.get("response_format") for r in server.requests]
+    assert summary["described"] == 12 and all(f == description_response_format("short") for f in formats)
+    descriptions = [r["texts"][0]["assistant"] for r in read_records(tmp_path / "out")]
+    assert all(d.startswith("I see a big brown dog number") for d in descriptions)   # the text, not the JSON
+    pattern = re.compile(formats[0]["json_schema"]["schema"]["properties"]["description"]["pattern"])
+    for n_words in (19, 20, 25, 26):
+        text = " ".join(["dog,"] * n_words)
+        assert bool(pattern.match(text)) == (20 <= n_words <= 25) == (not check_description(text, "short"))
+    assert not pattern.match("two  spaces " * 10)      # one space between words
+    glued = " ".join(["dog,"] * 21 + ["Eachperson'saflightingmachine."])
+    assert not pattern.match(glued) and not pattern.match(" ".join(["{\"description\":"] + ["dog"] * 21))
 
 
 def test_answers_that_never_pass_are_reported_not_lost(coco_like, tmp_path):

@@ -85,6 +85,9 @@ def register(sub, groups):
     p.add_argument("--words", type=word_pair, metavar="MIN,MAX", help="accept another word range than the style's "
                    "(short 20,25; long 60,70), e.g. for a small local model")
     add_chat_options(p)
+    p.add_argument("--json-schema", action="store_true", help="ask for {\"description\": ...} with the word range as "
+                   "a pattern (response_format): a server that decodes under the schema (nanovlm serve, vLLM, "
+                   "llama.cpp, OpenAI) then keeps every answer in range, even a small local model")
     p.add_argument("--split", choices=["train", "val", "test"], help="describe only this split (default: all)")
     field_option(p, DescribeConfig, "limit", "describe only the first N records (a trial run)")
     field_option(p, DescribeConfig, "quality_attempts", "answers asked for per record before it is reported")
@@ -155,6 +158,7 @@ def run_describe(args):
     options = given_fields(args, ("limit", "quality_attempts", "common_words", "max_rare_share"))
     cfg = DescribeConfig(data=args.data, out=args.out, style=args.style, words=args.words, chat=chat_settings(args),
                          split=args.split, cache=args.cache, image_mode="symlink" if args.symlink else "copy",
+                         json_schema=args.json_schema,
                          overwrite=args.overwrite, progress=not (args.quiet or args.json), **options)
     summary = describe_dataset(cfg)
     if args.json:

@@ -22,7 +22,7 @@ import random
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,6 +55,9 @@ class DescribeConfig:
     common_words: int = 5000                # "simple" = among the most common N English words (wordfreq)
     max_rare_share: float = 0.15            # at most this share of a description's words outside them
     cache: str | None = None                # answer cache; None -> OUT/.describe-cache.sqlite
+    # ask for {"description": ...} with the word range as a pattern (response_format json_schema): a server that
+    # decodes under the schema (nanovlm serve, vLLM, llama.cpp, OpenAI) then cannot miss the range
+    json_schema: bool = False
     image_mode: str = "copy"                # copy | symlink: how images reach OUT
     overwrite: bool = False
     progress: bool = True
@@ -120,6 +123,28 @@ def check_description(text: str, style: str, common_words: int = 5000, max_rare_
     return problems
 
 
+def description_response_format(style: str, words: tuple[int, int] | None = None) -> dict:
+    """The answer as {"description": "..."} of plain words (up to 15 letters, an apostrophe or hyphen inside,
+    one mark of punctuation after), one space apart, as many as the style allows, as an OpenAI response_format.
+    Plain, bounded words, not any run of non-spaces: a small model held to a word count otherwise glues words
+    together ("They'rewalking,there'sa") once it has used them up."""
+    lo, hi = word_range(style, words)
+    word = r"[A-Za-z][A-Za-z'-]{0,14}[,.!?;:]?"
+    pattern = rf"^{word}( {word}){{{lo - 1},{hi - 1}}}$"
+    schema = {"type": "object", "properties": {"description": {"type": "string", "pattern": pattern}},
+              "required": ["description"], "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": "description", "strict": True, "schema": schema}}
+
+
+def description_from_answer(answer: str) -> str:
+    """The description in a JSON answer {"description": ...}; any other answer as it is (then checked as text)."""
+    try:
+        obj = json.loads(answer)
+    except json.JSONDecodeError:
+        return answer
+    return obj["description"] if isinstance(obj, dict) and isinstance(obj.get("description"), str) else answer
+
+
 def clean_answer(text: str) -> str:
     """The description in an LLM answer: one paragraph, without wrapping quotes or a "Description:" label."""
     text = " ".join(text.split())
@@ -143,12 +168,14 @@ def source_captions(record: dict) -> list[str]:
 
 
 def cache_key(record: dict, style: str, model: str, version: str = PROMPT_VERSION,
-              words: tuple[int, int] | None = None) -> str:
+              words: tuple[int, int] | None = None, json_schema: bool = False) -> str:
     """Everything that determines the answer: the image, its captions, the style, the model, the prompt."""
     identity = {"images": record["images"], "captions": source_captions(record), "style": style, "model": model,
                 "prompt": f"describe-{version}"}
     if words:
         identity["words"] = list(words)
+    if json_schema:
+        identity["json_schema"] = True
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -170,7 +197,7 @@ def describe_one(client, settings: ChatSettings, captions: list[str], style: str
     messages = first_messages(captions, style, words)
     rejected = []
     for attempt in range(1, quality_attempts + 1):
-        text = clean_answer(chat(client, settings, messages, usage))
+        text = clean_answer(description_from_answer(chat(client, settings, messages, usage)))
         problems = check_description(text, style, common_words, max_rare_share, words)
         if not problems:
             return {"ok": True, "description": text, "attempts": attempt, "rejected": rejected}
@@ -196,10 +223,12 @@ def describe_dataset(cfg: DescribeConfig, client=None) -> dict:
     if not records:
         raise DatasetFormatError(f"{data}: no records{f' in split {cfg.split}' if cfg.split else ''} to describe")
 
-    client = client or make_client(cfg.chat)
+    settings = replace(cfg.chat, response_format=description_response_format(cfg.style, cfg.words)) \
+        if cfg.json_schema else cfg.chat
+    client = client or make_client(settings)
     cache = AnswerCache(cfg.cache or out / CACHE_FILE)
     usage, prices = Usage(), cfg.chat.prices()
-    keys = [cache_key(r, cfg.style, cfg.chat.model, words=cfg.words) for r in records]
+    keys = [cache_key(r, cfg.style, cfg.chat.model, words=cfg.words, json_schema=cfg.json_schema) for r in records]
     results = {i: cache.get(key) for i, key in enumerate(keys)}
     todo = [i for i, result in results.items() if result is None]
     from_cache = len(records) - len(todo)
@@ -210,7 +239,7 @@ def describe_dataset(cfg: DescribeConfig, client=None) -> dict:
         if refused.is_set():
             return None
         try:
-            result = describe_one(client, cfg.chat, source_captions(records[i]), cfg.style, usage,
+            result = describe_one(client, settings, source_captions(records[i]), cfg.style, usage,
                                   cfg.quality_attempts, cfg.common_words, cfg.max_rare_share, cfg.words)
         except RetriesExhausted as e:   # this record is reported; a refused request (ChatError) stops the run
             return {"ok": False, "description": None, "error": str(e), "rejected": []}

@@ -70,11 +70,16 @@ def parse_grades(text: str) -> dict:
     return grades.model_dump()
 
 
+ASSESSMENT_MAX_CHARS = 600
+
+
 def grades_response_format() -> dict:
-    """The grades' JSON schema as an OpenAI `response_format`: OpenAI (structured outputs), vLLM (guided decoding)
-    and llama.cpp's server (grammar) then only produce matching JSON. The 0-10 range is checked by parse_grades,
-    as not every server enforces numeric bounds."""
-    properties = {"assessment": {"type": "string"}, **{c: {"type": "integer"} for c in CRITERIA}}
+    """The grades' JSON schema as an OpenAI `response_format`: OpenAI (structured outputs), vLLM (guided decoding),
+    llama.cpp's server (grammar) and `nanovlm serve` then only produce matching JSON. The assessment is bounded by a
+    pattern (OpenAI takes `pattern`, not `maxLength`): a small judge that repeats itself must still close the string
+    and give its grades. The 0-10 range is checked again by parse_grades, as not every server enforces bounds."""
+    properties = {"assessment": {"type": "string", "pattern": f"^[^\\n]{{1,{ASSESSMENT_MAX_CHARS}}}$"},
+                  **{c: {"type": "integer", "minimum": 0, "maximum": 10} for c in CRITERIA}}
     return {"type": "json_schema", "json_schema": {"name": "grades", "strict": True, "schema": {
         "type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}}}
 
