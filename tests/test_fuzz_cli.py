@@ -238,6 +238,10 @@ def test_cuda_without_cuda_is_one_error(capsys, model_dir, image):
 @pytest.mark.parametrize("argv,message", [
     (["data", "scenes", "--out", "{tmp}/s", "--image-size", "20000"], "image"),
     (["data", "scenes", "--out", "{tmp}/s", "--n", "0"], "n"),
+    (["data", "scenes", "--out", "{tmp}/s", "--style", "vqa", "--questions", "17"], "within 1..16"),
+    (["data", "scenes", "--out", "{tmp}/s", "--style", "vqa", "--questions", "6-4"], "range like"),
+    (["data", "scenes", "--out", "{tmp}/s", "--style", "vqa", "--questions", "many"], "questions must be"),
+    (["data", "scenes", "--out", "{tmp}/s", "--questions", "8"], "questions is for style vqa"),
     (["info", "gigantic"], "unknown preset"),
     (["generate", "--model", "{tmp}/none", "--image", "{tmp}"], "image"),
     (["nonsense"], "invalid choice"),

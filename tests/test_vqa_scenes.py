@@ -146,3 +146,19 @@ def test_held_out_frames_are_taught_with_other_types_only():
                      if any(t.startswith(("The ", "There are how many")) for t in templates[:-1])}
     assert subject_first == {"shape", "count", "count_color", "position"}
     assert QUESTION_TEMPLATES["color"][-1].startswith("The ")
+
+
+def test_more_questions_per_scene_when_asked_and_the_default_is_unchanged(tmp_path):
+    """--questions 10-12: every scene asks 10-12 distinct questions (a scene allowing fewer asks fewer), every
+    type among them; the default is 4-6, drawn exactly as questions="4-6"."""
+    make_scenes(tmp_path / "many", 60, style="vqa", image_size=16, seed=1, progress=False, questions="10-12")
+    many = read_records(tmp_path / "many")
+    counts = [len(r["texts"]) for r in many]
+    assert max(counts) <= 12 and sum(c >= 10 for c in counts) >= 0.9 * len(counts)
+    assert all(len({t["user"] for t in r["texts"]}) == len(r["texts"]) for r in many)
+    assert {q["type"] for r in many for q in r["meta"]["questions"]} == set(QUESTION_TYPES)
+    make_scenes(tmp_path / "default", 60, style="vqa", image_size=16, seed=1, progress=False)
+    make_scenes(tmp_path / "explicit", 60, style="vqa", image_size=16, seed=1, progress=False, questions="4-6")
+    default = (tmp_path / "default" / "records.jsonl").read_bytes()
+    assert default == (tmp_path / "explicit" / "records.jsonl").read_bytes()
+    assert all(4 <= len(r["texts"]) <= 6 for r in read_records(tmp_path / "default"))

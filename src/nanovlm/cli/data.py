@@ -12,6 +12,8 @@ def register(sub, groups):
     p.add_argument("--style", choices=["short", "long", "vqa"], default="short",
                    help="short (20-25 words), long (60-70 words) descriptions, or vqa question-answer pairs")
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--questions", metavar="N|MIN-MAX", help="vqa only: questions per scene, a number or a range "
+                   "up to 16 (default: 4-6); more questions share each picture's image tokens in training")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     add_overwrite(p, "an existing dataset in OUT")
     p.set_defaults(func=run_scenes)
@@ -56,7 +58,7 @@ def run_scenes(args):
     from ..data.synth import make_scenes
 
     stats = make_scenes(args.out, n=args.n, style=args.style, image_size=args.image_size, seed=args.seed,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, questions=args.questions)
     print(f"wrote {stats['n']} scenes to {args.out} ({stats['images_per_s']:.0f} images/s)")
 
 

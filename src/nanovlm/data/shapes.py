@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from PIL import Image, ImageDraw
 from ..config import ConfigError
 from ..progress import progress as progress_bar
 from .format import RECORDS_FILE, assign_split, write_records
-from .synth import COLORS, DRAWERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, NUMBER_WORDS, SHAPES, _Pen
+from .synth import COLORS, DRAWERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, NUMBER_WORDS, SHAPES, _Pen, count_range
 
 # Geometric figures (drawn here) and the scenes' sprites as silhouettes (drawn by synth.DRAWERS). Not the ball
 # (a circle once filled in) nor the box (a hexagon).
@@ -75,13 +74,7 @@ def check_shapes(shapes) -> tuple[str, ...]:
 
 def check_objects(objects) -> tuple[int, int]:
     """"2" or "1-3" (or a (fewest, most) pair) -> (fewest, most), within 1..MAX_OBJECTS."""
-    text = "-".join(map(str, objects)) if isinstance(objects, (tuple, list)) else str(objects).strip()
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
-    pair = (int(match[1]), int(match[2] or match[1])) if match else None
-    if pair is None or not 1 <= pair[0] <= pair[1] <= MAX_OBJECTS:
-        raise ConfigError(f"objects must be a number or a range like 1-{MAX_OBJECTS}, within 1..{MAX_OBJECTS}; "
-                          f"got {text!r}")
-    return pair
+    return count_range(objects, 1, MAX_OBJECTS, "objects")
 
 
 def check_question_kinds(questions) -> tuple[str, ...]:

@@ -856,10 +856,25 @@ def flip_meta_left_right(meta: dict) -> dict:
 # -----------------------------------------------------------------------------
 # the dataset
 
+DEFAULT_QUESTIONS = (4, 6)      # VQA questions per scene: (fewest, most)
+MAX_QUESTIONS = 2 * len(QUESTION_TEMPLATES)   # ask_questions asks each type at most twice
+
+
+def count_range(value, low: int, high: int, name: str) -> tuple[int, int]:
+    """"2" or "1-3" (or a (fewest, most) pair) -> (fewest, most), within low..high; else one ConfigError."""
+    text = "-".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value).strip()
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    pair = (int(match[1]), int(match[2] or match[1])) if match else None
+    if pair is None or not low <= pair[0] <= pair[1] <= high:
+        raise ConfigError(f"{name} must be a number or a range like {low}-{high}, within {low}..{high}; got {text!r}")
+    return pair
+
+
 def make_scene_record(index: int, seed: int, style: str, image_size: int, id_digits: int = 6,
-                      heldout_templates: bool = False):
+                      heldout_templates: bool = False, questions_range: tuple[int, int] = DEFAULT_QUESTIONS):
     """One record and its image. The text depends on (seed, index, style) only, not on the image size.
-    heldout_templates: VQA questions may use the held-out wordings (test scenes only)."""
+    heldout_templates: VQA questions may use the held-out wordings (test scenes only). questions_range: how many
+    questions a VQA scene asks (a scene that allows fewer distinct questions asks fewer)."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = random.Random(f"scenes/{seed}/{index}")   # str seeds hash with SHA-512: stable across runs and machines
@@ -867,7 +882,7 @@ def make_scene_record(index: int, seed: int, style: str, image_size: int, id_dig
     image = render_scene(scene, image_size)
     questions = []
     if style == "vqa":
-        questions = ask_questions(scene, rng, n=rng.randint(4, 6), heldout_templates=heldout_templates)
+        questions = ask_questions(scene, rng, n=rng.randint(*questions_range), heldout_templates=heldout_templates)
         texts = [{"user": q["user"], "assistant": q["assistant"]} for q in questions]
     else:
         texts = [{"user": DESCRIBE_PROMPT, "assistant": describe_scene(scene, style, rng)}]
@@ -881,10 +896,12 @@ def make_scene_record(index: int, seed: int, style: str, image_size: int, id_dig
 
 
 def make_scenes(out, n: int, style: str = "short", image_size: int = 64, seed: int = 0,
-                fractions=(0.8, 0.1, 0.1), progress: bool = True, overwrite: bool = False) -> dict:
+                fractions=(0.8, 0.1, 0.1), progress: bool = True, overwrite: bool = False,
+                questions=None) -> dict:
     """Write the "scenes" dataset: `n` PNG pictures under out/images/ and out/records.jsonl.
 
-    style: "short" (20-25 word descriptions), "long" (60-70 words) or "vqa" (4-6 question/answer pairs).
+    style: "short" (20-25 word descriptions), "long" (60-70 words) or "vqa" (question/answer pairs: `questions`
+    per scene, "4-6" by default, up to 16: more questions share one picture's image tokens in training).
     Deterministic: the same arguments give byte-identical files. Splits come from `fractions` (train, val, test)
     by hashing each id. An existing dataset in `out` is only replaced with overwrite=True.
     Returns stats: n, style, image_size, seconds, images_per_s, splits, mean_words (descriptions only).
@@ -896,6 +913,10 @@ def make_scenes(out, n: int, style: str = "short", image_size: int = 64, seed: i
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         # below 16 px the objects are not recognisable; above 1024 px a scene only costs time and disk
         raise ConfigError(f"image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels, got {image_size}")
+    if questions is not None and style != "vqa":
+        raise ConfigError(f"questions is for style vqa; style {style} writes one description per scene")
+    questions_range = DEFAULT_QUESTIONS if questions is None else count_range(questions, 1, MAX_QUESTIONS,
+                                                                               "questions")
     out = Path(out)
     if (out / RECORDS_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out / RECORDS_FILE} already exists; choose another folder or pass overwrite=True "
@@ -911,7 +932,8 @@ def make_scenes(out, n: int, style: str = "short", image_size: int = 64, seed: i
     for index in progress_bar(range(n), desc=f"scenes ({style}, {image_size}px)", unit="img", enabled=progress):
         split = assign_split(f"scene-{index:0{digits}d}", seed, fractions)
         # held-out scenes (test) also ask in wordings that training never shows
-        record, image = make_scene_record(index, seed, style, image_size, digits, heldout_templates=split == "test")
+        record, image = make_scene_record(index, seed, style, image_size, digits, heldout_templates=split == "test",
+                                          questions_range=questions_range)
         image.save(out / record["images"][0], format="PNG")
         record["split"] = split
         splits[record["split"]] += 1
