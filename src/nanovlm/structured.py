@@ -69,22 +69,13 @@ class JsonConstraint:
         self.eos_token_id = tokenizer.eos_token_id
         self.matcher = LLMatcher(_grammar_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
         self.error: str | None = None       # set when the grammar fails mid-answer (the answer then ends)
-        self._first = self._mask()           # some schemas fail only when the first mask is computed
+        self.allowed()                       # some schemas fail only when the first mask is computed
         if self.error:
             raise ResponseFormatError(f"the JSON schema cannot be used: {self.error}")
 
     def allowed(self) -> torch.Tensor:
         """(vocab_size,) bool: the tokens that keep the answer valid (EOS only once it is complete). After a
         failure of the grammar engine only EOS, so the answer ends and the caller reports `error`."""
-        mask, self._first = self._first, None
-        return mask if mask is not None else self._mask()
-
-    def advance(self, token: int):
-        """Take the sampled token."""
-        if self.error is None and not self.matcher.consume_token(token):
-            self.error = f"token {token} does not continue the answer: {_first_line(self.matcher.get_error())}"
-
-    def _mask(self) -> torch.Tensor:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         mask = torch.from_numpy(np.unpackbits(bits, bitorder="little")[: self.vocab_size].astype(bool))
         if self.error is None and (self.matcher.is_error() or not mask.any()):
@@ -93,6 +84,11 @@ class JsonConstraint:
             mask = torch.zeros(self.vocab_size, dtype=torch.bool)
             mask[self.eos_token_id] = True
         return mask
+
+    def advance(self, token: int):
+        """Take the sampled token."""
+        if self.error is None and not self.matcher.consume_token(token):
+            self.error = f"token {token} does not continue the answer: {_first_line(self.matcher.get_error())}"
 
 
 def _first_line(message: str) -> str:
