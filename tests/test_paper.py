@@ -39,6 +39,26 @@ def test_tiny_sweep_end_to_end_with_a_judge(tmp_path):
         run_paper(PaperConfig(out=str(out), budget="steps", steps=2, **TINY), log=lambda *a: None)
 
 
+def test_an_interrupted_sweep_reuses_the_sizes_it_finished(tmp_path):
+    out = tmp_path / "paper"
+    cfg = dict(out=str(out), budget="steps", steps=2, **TINY)
+    run_paper(PaperConfig(**cfg), log=lambda *a: None)
+    weights = out / "tiny" / "best" / "model.safetensors"
+    trained_at = weights.stat().st_mtime_ns
+    (out / "report.json").unlink()          # as if the sweep was killed before its report
+    lines = []
+    report = run_paper(PaperConfig(**cfg), log=lines.append)
+    assert any(line.startswith("reusing tiny") for line in lines) and weights.stat().st_mtime_ns == trained_at
+    assert report["sizes"]["tiny"]["steps"] == 2 and (out / "report.json").is_file()
+    (out / "report.json").unlink()
+    for changed in ({"lr": 5e-4}, {"lr": 5e-4, "overwrite": True}):   # other settings, or --overwrite: retrained
+        lines.clear()
+        run_paper(PaperConfig(**{**cfg, **changed}), log=lines.append)
+        assert not any(line.startswith("reusing tiny") for line in lines) and "training tiny for 2 steps" in lines
+    saved = json.loads((out / "tiny" / "sweep_row.json").read_text())
+    assert saved["settings"]["lr"] == 5e-4 and saved["row"]["model"] == str(out / "tiny" / "best")
+
+
 def test_time_budget_turns_minutes_into_steps(tmp_path):
     lines = []
     cfg = PaperConfig(out=str(tmp_path / "paper"), budget="time", minutes=0.5, calibration_steps=2,

@@ -8,7 +8,8 @@
 Sizes get equal compute: with budget="time" each size trains for `minutes` (its step count measured first on a
 few steps, so the learning-rate schedule still runs its full course); with budget="steps" each trains the same
 number of steps. Scenes data by default: short and long descriptions of the same pictures in one training set,
-the long ones asked for with their own question, so one model learns both and is scored on each.
+the long ones asked for with their own question, so one model learns both and is scored on each. Run again in
+the same folder after an interruption, the sweep reuses each size already trained with the same settings.
 """
 from __future__ import annotations
 
@@ -125,6 +126,37 @@ def steps_for(cfg: PaperConfig, size: str, data: Path, log=print) -> tuple[int, 
     return steps, seconds_per_step
 
 
+SWEEP_ROW = "sweep_row.json"   # a finished size's row and the settings it was trained with
+
+
+def training_settings(cfg: PaperConfig, size: str, data: Path) -> dict:
+    """What decides how a size trains: a finished size is reused only when all of it is the same."""
+    ignored = ("sizes", "eval_samples", "max_new_tokens", "judge", "overwrite", "progress")
+    return {"size": size, "data": str(data.resolve()),
+            **{k: v for k, v in asdict(cfg).items() if k not in ignored and k != "out"}}
+
+
+def trained_size(cfg: PaperConfig, size: str, data: Path, log=print) -> dict:
+    """Train one size, or reuse it when an earlier, interrupted sweep in the same folder already trained it alike
+    (a 90-minute sweep killed during `large` keeps `mini` and `base`); --overwrite always retrains."""
+    out = Path(cfg.out) / size
+    settings = training_settings(cfg, size, data)
+    if not cfg.overwrite and (out / SWEEP_ROW).is_file():
+        saved = json.loads((out / SWEEP_ROW).read_text())
+        if saved["settings"] == settings and Path(saved["row"]["model"]).is_dir():
+            log(f"reusing {size}, trained by an earlier run of this sweep ({saved['row']['steps']} steps)")
+            return saved["row"]
+    (out / SWEEP_ROW).unlink(missing_ok=True)   # trained anew below: an old row must not outlive its model
+    steps, seconds_per_step = steps_for(cfg, size, data, log)
+    log(f"training {size} for {steps} steps")
+    summary = train(train_config(cfg, size, data, steps, out))
+    row = {"preset": size, "steps": summary["steps"], "minutes": summary["train_time_s"] / 60,
+           "val_loss": summary["best_val_loss"], "final_train_loss": summary["final_loss"],
+           "calibrated_s_per_step": seconds_per_step, "model": summary["best"], "metrics": summary["metrics"]}
+    (out / SWEEP_ROW).write_text(json.dumps({"settings": settings, "row": row}, indent=1))
+    return row
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -208,13 +240,8 @@ def run_paper(cfg: PaperConfig, log=print) -> dict:
         raise FileNotFoundError(f"{data / fmt.RECORDS_FILE} not found; make it with `nanovlm data describe`")
     rows, histories = {}, {}
     for size in cfg.sizes:
-        steps, seconds_per_step = steps_for(cfg, size, data, log)
-        log(f"training {size} for {steps} steps")
-        summary = train(train_config(cfg, size, data, steps, out / size))
-        histories[size] = read_metrics(Path(summary["metrics"]))
-        rows[size] = {"preset": size, "steps": summary["steps"], "minutes": summary["train_time_s"] / 60,
-                      "val_loss": summary["best_val_loss"], "final_train_loss": summary["final_loss"],
-                      "calibrated_s_per_step": seconds_per_step, "model": summary["best"]}
+        rows[size] = trained_size(cfg, size, data, log)
+        histories[size] = read_metrics(Path(rows[size]["metrics"]))
     plot_loss_curves(histories, out / "loss_curves.png")
 
     novelty = RougeNovelty.from_training_data(data)   # indexed once, shared by every size

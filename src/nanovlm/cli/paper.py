@@ -146,7 +146,9 @@ def register(sub, groups):
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the judge's key")
     add_set_option(p, "training option or model key for every size, e.g. warmup_steps=50 or decoder.dropout=0")
-    add_overwrite(p, "an earlier sweep's report in OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain every size and replace the report in OUT (without it, a finished sweep's report is "
+                        "kept and an interrupted sweep resumes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json(p)
     p.set_defaults(func=run_paper_command)
