@@ -51,12 +51,19 @@ def test_an_interrupted_sweep_reuses_the_sizes_it_finished(tmp_path):
     assert any(line.startswith("reusing tiny") for line in lines) and weights.stat().st_mtime_ns == trained_at
     assert report["sizes"]["tiny"]["steps"] == 2 and (out / "report.json").is_file()
     (out / "report.json").unlink()
-    for changed in ({"lr": 5e-4}, {"lr": 5e-4, "overwrite": True}):   # other settings, or --overwrite: retrained
-        lines.clear()
-        run_paper(PaperConfig(**{**cfg, **changed}), log=lines.append)
-        assert not any(line.startswith("reusing tiny") for line in lines) and "training tiny for 2 steps" in lines
+    with pytest.raises(FileExistsError, match=r"other settings \(lr\).*--overwrite"):   # never replaced silently
+        run_paper(PaperConfig(**{**cfg, "lr": 5e-4}), log=lines.append)
+    assert weights.stat().st_mtime_ns == trained_at
+    lines.clear()
+    run_paper(PaperConfig(**{**cfg, "lr": 5e-4, "overwrite": True}), log=lines.append)
+    assert not any(line.startswith("reusing tiny") for line in lines) and "training tiny for 2 steps" in lines
     saved = json.loads((out / "tiny" / "sweep_row.json").read_text())
     assert saved["settings"]["lr"] == 5e-4 and saved["row"]["model"] == str(out / "tiny" / "best")
+    (out / "tiny" / "sweep_row.json").write_text("{not json")   # an unreadable row: that size is trained again
+    (out / "report.json").unlink()
+    lines.clear()
+    run_paper(PaperConfig(**{**cfg, "lr": 5e-4}), log=lines.append)
+    assert "training tiny for 2 steps" in lines
 
 
 def test_time_budget_turns_minutes_into_steps(tmp_path):

@@ -138,14 +138,18 @@ def training_settings(cfg: PaperConfig, size: str, data: Path) -> dict:
 
 def trained_size(cfg: PaperConfig, size: str, data: Path, log=print) -> dict:
     """Train one size, or reuse it when an earlier, interrupted sweep in the same folder already trained it alike
-    (a 90-minute sweep killed during `large` keeps `mini` and `base`); --overwrite always retrains."""
+    (a 90-minute sweep killed during `large` keeps `mini` and `base`). A size finished with other settings is
+    only replaced with --overwrite; one that never finished is trained again."""
     out = Path(cfg.out) / size
     settings = training_settings(cfg, size, data)
-    if not cfg.overwrite and (out / SWEEP_ROW).is_file():
-        saved = json.loads((out / SWEEP_ROW).read_text())
-        if saved["settings"] == settings and Path(saved["row"]["model"]).is_dir():
-            log(f"reusing {size}, trained by an earlier run of this sweep ({saved['row']['steps']} steps)")
-            return saved["row"]
+    saved = finished_size(out)
+    if saved and not cfg.overwrite:
+        if saved["settings"] != settings:
+            changed = sorted(k for k in {*settings, *saved["settings"]} if settings.get(k) != saved["settings"].get(k))
+            raise FileExistsError(f"{out} holds {size} trained with other settings ({', '.join(changed)}); "
+                                  f"choose another --out or pass --overwrite")
+        log(f"reusing {size}, trained by an earlier run of this sweep ({saved['row']['steps']} steps)")
+        return saved["row"]
     (out / SWEEP_ROW).unlink(missing_ok=True)   # trained anew below: an old row must not outlive its model
     steps, seconds_per_step = steps_for(cfg, size, data, log)
     log(f"training {size} for {steps} steps")
@@ -155,6 +159,16 @@ def trained_size(cfg: PaperConfig, size: str, data: Path, log=print) -> dict:
            "calibrated_s_per_step": seconds_per_step, "model": summary["best"], "metrics": summary["metrics"]}
     (out / SWEEP_ROW).write_text(json.dumps({"settings": settings, "row": row}, indent=1))
     return row
+
+
+def finished_size(out: Path) -> dict | None:
+    """The saved row of a size the sweep finished in `out`, or None (never finished, its model gone, or the row
+    unreadable: then it is trained again)."""
+    try:
+        saved = json.loads((out / SWEEP_ROW).read_text())
+        return saved if Path(saved["row"]["model"]).is_dir() and isinstance(saved["settings"], dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(path: Path) -> list[dict]:
