@@ -180,11 +180,12 @@ def test_paper_judge_without_a_key_fails_before_training(tmp_path, capsys, monke
 
 def test_paper_never_replaces_a_size_trained_with_other_settings(scenes, tmp_path, capsys):
     out = tmp_path / "p"
-    (out / "tiny" / "best").mkdir(parents=True)
-    (out / "tiny" / "sweep_row.json").write_text(json.dumps(
-        {"settings": {"size": "tiny", "lr": 0.5}, "row": {"model": str(out / "tiny" / "best"), "steps": 9}}))
+    (out / "mini" / "best").mkdir(parents=True)
+    (out / "mini" / "sweep_row.json").write_text(json.dumps(
+        {"settings": {"size": "mini", "lr": 0.5}, "row": {"model": str(out / "mini" / "best"), "steps": 9}}))
     before = tree_digest(out)
-    code, _, err = run_cli(capsys, "paper", "--out", out, "--data", scenes, "--sizes", "tiny", "--budget", "steps",
+    code, _, err = run_cli(capsys, "paper", "--out", out, "--data", scenes, "--sizes", "tiny,mini", "--budget", "steps",
                            "--steps", "2", "--quiet")
     assert_clean(code, err, allowed=(2,))
     assert "other settings" in err and "--overwrite" in err and tree_digest(out) == before
+    assert not (out / "tiny").exists()   # refused before the first size trained

@@ -136,20 +136,25 @@ def training_settings(cfg: PaperConfig, size: str, data: Path) -> dict:
             **{k: v for k, v in asdict(cfg).items() if k not in ignored and k != "out"}}
 
 
-def trained_size(cfg: PaperConfig, size: str, data: Path, log=print) -> dict:
-    """Train one size, or reuse it when an earlier, interrupted sweep in the same folder already trained it alike
-    (a 90-minute sweep killed during `large` keeps `mini` and `base`). A size finished with other settings is
-    only replaced with --overwrite; one that never finished is trained again."""
+def reusable_row(cfg: PaperConfig, size: str, data: Path) -> dict | None:
+    """The row of `size` when an earlier, interrupted sweep in the same folder already trained it alike (a 90-minute
+    sweep killed during `large` keeps `mini` and `base`), else None. A size finished with other settings is an
+    error unless --overwrite; one that never finished is trained again."""
     out = Path(cfg.out) / size
-    settings = training_settings(cfg, size, data)
     saved = finished_size(out)
-    if saved and not cfg.overwrite:
-        if saved["settings"] != settings:
-            changed = sorted(k for k in {*settings, *saved["settings"]} if settings.get(k) != saved["settings"].get(k))
-            raise FileExistsError(f"{out} holds {size} trained with other settings ({', '.join(changed)}); "
-                                  f"choose another --out or pass --overwrite")
-        log(f"reusing {size}, trained by an earlier run of this sweep ({saved['row']['steps']} steps)")
-        return saved["row"]
+    if saved is None or cfg.overwrite:
+        return None
+    settings = training_settings(cfg, size, data)
+    if saved["settings"] != settings:
+        changed = sorted(k for k in {*settings, *saved["settings"]} if settings.get(k) != saved["settings"].get(k))
+        raise FileExistsError(f"{out} holds {size} trained with other settings ({', '.join(changed)}); "
+                              f"choose another --out or pass --overwrite")
+    return saved["row"]
+
+
+def train_size(cfg: PaperConfig, size: str, data: Path, log=print) -> dict:
+    """Train one size for its share of the budget; return its report row (also saved beside its run)."""
+    out = Path(cfg.out) / size
     (out / SWEEP_ROW).unlink(missing_ok=True)   # trained anew below: an old row must not outlive its model
     steps, seconds_per_step = steps_for(cfg, size, data, log)
     log(f"training {size} for {steps} steps")
@@ -157,7 +162,7 @@ def trained_size(cfg: PaperConfig, size: str, data: Path, log=print) -> dict:
     row = {"preset": size, "steps": summary["steps"], "minutes": summary["train_time_s"] / 60,
            "val_loss": summary["best_val_loss"], "final_train_loss": summary["final_loss"],
            "calibrated_s_per_step": seconds_per_step, "model": summary["best"], "metrics": summary["metrics"]}
-    (out / SWEEP_ROW).write_text(json.dumps({"settings": settings, "row": row}, indent=1))
+    (out / SWEEP_ROW).write_text(json.dumps({"settings": training_settings(cfg, size, data), "row": row}, indent=1))
     return row
 
 
@@ -252,9 +257,12 @@ def run_paper(cfg: PaperConfig, log=print) -> dict:
     data = Path(cfg.data) if cfg.data else prepare_scenes(cfg, log)
     if cfg.data and not (data / fmt.RECORDS_FILE).is_file():
         raise FileNotFoundError(f"{data / fmt.RECORDS_FILE} not found; make it with `nanovlm data describe`")
+    reused = {size: reusable_row(cfg, size, data) for size in cfg.sizes}   # every refusal before any training
     rows, histories = {}, {}
     for size in cfg.sizes:
-        rows[size] = trained_size(cfg, size, data, log)
+        if reused[size]:
+            log(f"reusing {size}, trained by an earlier run of this sweep ({reused[size]['steps']} steps)")
+        rows[size] = reused[size] or train_size(cfg, size, data, log)
         histories[size] = read_metrics(Path(rows[size]["metrics"]))
     plot_loss_curves(histories, out / "loss_curves.png")
 
