@@ -189,3 +189,15 @@ def test_paper_never_replaces_a_size_trained_with_other_settings(scenes, tmp_pat
     assert_clean(code, err, allowed=(2,))
     assert "other settings" in err and "--overwrite" in err and tree_digest(out) == before
     assert not (out / "tiny").exists()   # refused before the first size trained
+
+
+@pytest.mark.parametrize("report", ["{not json", json.dumps({"sizes": {"mini": {}}})])
+def test_paper_never_rewrites_a_report_it_cannot_keep_whole(scenes, tmp_path, capsys, report):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "report.json").write_text(report)   # unreadable, or showing a size this run would not keep
+    code, _, err = run_cli(capsys, "paper", "--out", out, "--data", scenes, "--sizes", "tiny", "--budget", "steps",
+                           "--steps", "2", "--quiet")
+    assert_clean(code, err, allowed=(2,))
+    assert "report.json already exists" in err and "--overwrite" in err
+    assert (out / "report.json").read_text() == report and not (out / "tiny").exists()

@@ -35,8 +35,24 @@ def test_tiny_sweep_end_to_end_with_a_judge(tmp_path):
     assert len(records) == 48 and sum(r["texts"][0]["user"] == LONG_QUESTION for r in records) == 24
     split = {r["id"]: r["split"] for r in records}
     assert all(split[f"long-{i[6:]}"] == s for i, s in split.items() if i.startswith("short-"))
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="shows every size asked for.*--overwrite"):
         run_paper(PaperConfig(out=str(out), budget="steps", steps=2, **TINY), log=lambda *a: None)
+
+
+def test_a_finished_sweep_is_extended_by_new_sizes_never_shrunk(tmp_path):
+    out = tmp_path / "paper"
+    cfg = dict(out=str(out), budget="steps", steps=2, **TINY)
+    run_paper(PaperConfig(**cfg), log=lambda *a: None)
+    trained_at = (out / "tiny" / "best" / "model.safetensors").stat().st_mtime_ns
+    lines = []
+    report = run_paper(PaperConfig(**{**cfg, "sizes": ["tiny", "mini"]}), log=lines.append)
+    assert list(report["sizes"]) == ["tiny", "mini"] and "training mini for 2 steps" in lines
+    assert (out / "tiny" / "best" / "model.safetensors").stat().st_mtime_ns == trained_at
+    assert "| tiny |" in (out / "report.md").read_text() and "| mini |" in (out / "report.md").read_text()
+    before = (out / "report.json").read_text()
+    with pytest.raises(FileExistsError, match="would not keep mini.*--overwrite"):   # `--sizes tiny` would drop it
+        run_paper(PaperConfig(**cfg), log=lambda *a: None)
+    assert (out / "report.json").read_text() == before
 
 
 def test_an_interrupted_sweep_reuses_the_sizes_it_finished(tmp_path):

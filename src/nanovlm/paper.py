@@ -176,6 +176,17 @@ def finished_size(out: Path) -> dict | None:
         return None
 
 
+def reported_sizes(report: Path) -> list[str] | None:
+    """The sizes an earlier report in this folder shows (None when there is none). A new run may rewrite it only
+    when it keeps every one of them and adds a size: `--sizes mini,large` after a finished mini sweep extends it."""
+    if not report.exists():
+        return None
+    try:
+        return list(json.loads(report.read_text())["sizes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -252,12 +263,21 @@ def run_paper(cfg: PaperConfig, log=print) -> dict:
     from .evaluate.rouge import RougeNovelty
 
     out = Path(cfg.out)
-    if (out / "report.json").exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out / 'report.json'} already exists; choose another --out or pass --overwrite")
-    data = Path(cfg.data) if cfg.data else prepare_scenes(cfg, log)
+    data = Path(cfg.data) if cfg.data else out / "data"
     if cfg.data and not (data / fmt.RECORDS_FILE).is_file():
         raise FileNotFoundError(f"{data / fmt.RECORDS_FILE} not found; make it with `nanovlm data describe`")
-    reused = {size: reusable_row(cfg, size, data) for size in cfg.sizes}   # every refusal before any training
+    # every refusal before any drawing or training
+    reused = {size: reusable_row(cfg, size, data) for size in cfg.sizes}
+    old_report = reported_sizes(out / "report.json")
+    if old_report is not None and not cfg.overwrite:
+        dropped = [size for size in old_report if not reused.get(size)]
+        why = (f"this run would not keep {', '.join(dropped)}" if dropped else
+               "it shows every size asked for" if set(cfg.sizes) <= set(old_report) else None)
+        if not old_report or why:
+            raise FileExistsError(f"{out / 'report.json'} already exists ({why or 'unreadable'}); "
+                                  f"choose another --out or pass --overwrite")
+    if not cfg.data:
+        data = prepare_scenes(cfg, log)
     rows, histories = {}, {}
     for size in cfg.sizes:
         if reused[size]:
