@@ -147,8 +147,8 @@ def register(sub, groups):
                    help="environment variable holding the judge's key")
     add_set_option(p, "training option or model key for every size, e.g. warmup_steps=50 or decoder.dropout=0")
     p.add_argument("--overwrite", action="store_true",
-                   help="retrain every size and replace the report in OUT (without it, a finished sweep's report is "
-                        "kept and an interrupted sweep resumes)")
+                   help="retrain every size and replace the report in OUT (without it, an interrupted sweep resumes, "
+                        "new --sizes extend a finished one, and a report is never rewritten without a size it shows)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json(p)
     p.set_defaults(func=run_paper_command)
