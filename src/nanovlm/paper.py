@@ -176,15 +176,20 @@ def finished_size(out: Path) -> dict | None:
         return None
 
 
-def reported_sizes(report: Path) -> list[str] | None:
-    """The sizes an earlier report in this folder shows (None when there is none). A new run may rewrite it only
-    when it keeps every one of them and adds a size: `--sizes mini,large` after a finished mini sweep extends it."""
+def refuse_to_shrink_report(report: Path, sizes: list[str], reused: dict[str, dict | None]):
+    """An earlier report may be rewritten only by a run that keeps every size it shows and adds one: `--sizes
+    mini,large` after a finished mini sweep extends it; `--sizes large` alone, or the same sweep again, is refused."""
     if not report.exists():
-        return None
+        return
     try:
-        return list(json.loads(report.read_text())["sizes"])
+        shown = list(json.loads(report.read_text())["sizes"])
     except (OSError, ValueError, KeyError, TypeError):
-        return []
+        shown = []
+    dropped = [size for size in shown if not reused.get(size)]
+    why = ("unreadable" if not shown else f"this run would not keep {', '.join(dropped)}" if dropped else
+           "it shows every size asked for" if set(sizes) <= set(shown) else None)
+    if why:
+        raise FileExistsError(f"{report} already exists ({why}); choose another --out or pass --overwrite")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -268,14 +273,8 @@ def run_paper(cfg: PaperConfig, log=print) -> dict:
         raise FileNotFoundError(f"{data / fmt.RECORDS_FILE} not found; make it with `nanovlm data describe`")
     # every refusal before any drawing or training
     reused = {size: reusable_row(cfg, size, data) for size in cfg.sizes}
-    old_report = reported_sizes(out / "report.json")
-    if old_report is not None and not cfg.overwrite:
-        dropped = [size for size in old_report if not reused.get(size)]
-        why = (f"this run would not keep {', '.join(dropped)}" if dropped else
-               "it shows every size asked for" if set(cfg.sizes) <= set(old_report) else None)
-        if not old_report or why:
-            raise FileExistsError(f"{out / 'report.json'} already exists ({why or 'unreadable'}); "
-                                  f"choose another --out or pass --overwrite")
+    if not cfg.overwrite:
+        refuse_to_shrink_report(out / "report.json", cfg.sizes, reused)
     if not cfg.data:
         data = prepare_scenes(cfg, log)
     rows, histories = {}, {}
