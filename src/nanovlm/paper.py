@@ -131,9 +131,9 @@ SWEEP_ROW = "sweep_row.json"   # a finished size's row and the settings it was t
 
 def training_settings(cfg: PaperConfig, size: str, data: Path) -> dict:
     """What decides how a size trains: a finished size is reused only when all of it is the same."""
-    ignored = ("sizes", "eval_samples", "max_new_tokens", "judge", "overwrite", "progress")
+    ignored = ("out", "sizes", "eval_samples", "max_new_tokens", "judge", "overwrite", "progress")
     return {"size": size, "data": str(data.resolve()),
-            **{k: v for k, v in asdict(cfg).items() if k not in ignored and k != "out"}}
+            **{k: v for k, v in asdict(cfg).items() if k not in ignored}}
 
 
 def reusable_row(cfg: PaperConfig, size: str, data: Path) -> dict | None:
