@@ -187,3 +187,25 @@ def test_scorer_item_shape():
     item = Item(id="a", images=[], question="Extract as JSON: name", reference={"name": "Ravi"},
                 meta={"plain": False})
     assert FieldsScorer().score('{"name": "Ravi"}', item)["exact"]   # no model attached: no confidence, still scored
+
+
+def test_the_documents_preset_reads_pages_as_they_are_with_its_recipe(tmp_path, capsys):
+    """Two steps of `nanovlm train --preset documents` through the CLI: the recipe is announced and used (no
+    augmentation, one digit per token), the 384 x 256 page is not squeezed, and the model it saves reads a page."""
+    from nanovlm.cli import main
+    from nanovlm.train import PRESET_RECIPES
+
+    documents, out = tmp_path / "docs", tmp_path / "run"
+    make_documents(documents, n=10, styles=["fields"], progress=False)
+    assert main(["train", "--preset", "documents", "--data", str(documents), "--out", str(out), "--steps", "2",
+                 "--batch-size", "2", "--set", "eval_every=2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "preset documents trains with its recipe" in printed and "split_digits=True" in printed
+    settings = json.loads((out / "train_config.json").read_text())
+    assert settings["steps"] == 2 and settings["augment"] is False and settings["split_digits"] is True
+    assert settings["lr"] == PRESET_RECIPES["documents"]["lr"]            # taken from the recipe, not the flag default
+    model = VisionLanguageModel.from_pretrained(out / "best").eval()
+    assert (model.cfg.vision.image_size, model.cfg.vision.height) == (384, 256)
+    assert [model.tokenizer.hf.id_to_token(i) for i in model.tokenizer.encode("2023")] == ["2", "0", "2", "3"]
+    result = extract_fields(model, load_image(documents, "images/kyc-000000.jpg"), ["pan"], max_new_tokens=4)
+    assert isinstance(result["valid_json"], bool)

@@ -41,6 +41,34 @@ def test_pixel_shuffle_groups_neighbours():
     assert y.shape == (1, 4, 4)
     assert y[0, 0].tolist() == [0, 1, 4, 5]
     assert y[0, 3].tolist() == [10, 11, 14, 15]
+    # a 2 x 4 grid (rows x cols): two tokens side by side
+    wide = pixel_shuffle(torch.arange(8.0).view(1, 8, 1), 2, grid=(2, 4))
+    assert wide[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+def test_a_rectangular_picture_is_read_as_it_is(tmp_path):
+    """vision.image_height: a 48 x 32 page is a 3 x 2 grid of 16 px patches (wide, not squeezed), with its own 2-D
+    positions; pixel shuffle, the loader's resize and a save/load round trip keep that shape."""
+    from PIL import Image
+
+    from nanovlm.data.transforms import to_pixels, to_tensor
+    from nanovlm.model.vision import sincos_2d
+    cfg = tiny_config(**{"vision.image_size": 64, "vision.image_height": 32, "vision.patch_size": 16,
+                         "vision.position": "sincos", "projector.kind": "pixel_shuffle", "projector.shuffle_factor": 2})
+    assert cfg.vision.grid == (2, 4) and cfg.vision.num_patches == 8 and cfg.image_tokens_per_image == 2
+    table = sincos_2d(2, 4, 8)[0]
+    torch.testing.assert_close(table[:, 4], torch.sin(torch.tensor([0., 1, 2, 3, 0, 1, 2, 3])))   # the column
+    page = Image.new("RGB", (300, 100), "white")
+    assert to_tensor(page, cfg.vision).shape == (3, 32, 64) and to_pixels(page, cfg.vision).shape == (32, 64, 3)
+    model = VisionLanguageModel(cfg).eval()
+    images = torch.rand(2, 3, 32, 64)
+    assert model.encode_images(images).shape == (2, 2, cfg.decoder.n_embd)
+    with pytest.raises(AssertionError, match=r"expected images of shape \(B, 3, 32, 64\)"):
+        model.vision(torch.rand(2, 3, 64, 64))
+    model.save_pretrained(tmp_path)
+    again = VisionLanguageModel.from_pretrained(tmp_path).eval()
+    assert again.cfg.vision.grid == (2, 4)
+    torch.testing.assert_close(again.encode_images(images), model.encode_images(images))
 
 
 def _batch(cfg, B=2, T=9, images_per_sample=1):
@@ -279,7 +307,7 @@ def test_resnet_stem_batch_statistics_are_saved_and_restored(tmp_path):
 
 def test_sincos_positions_are_fixed_2d_and_rebuilt_on_load(tmp_path):
     from nanovlm.model.vision import sincos_2d
-    table = sincos_2d(side=4, width=8, cls=True)[0]            # CLS row, then 16 patches row by row
+    table = sincos_2d(rows=4, cols=4, width=8, cls=True)[0]            # CLS row, then 16 patches row by row
     assert table.shape == (17, 8) and torch.equal(table[0], torch.zeros(8))
     row, col = torch.arange(16) // 4, torch.arange(16) % 4
     # channels 0-3 depend on the row only, 4-7 on the column only; frequency 1 first: sin(r), ..., cos(r), ...
@@ -293,7 +321,7 @@ def test_sincos_positions_are_fixed_2d_and_rebuilt_on_load(tmp_path):
     assert "vision.position" not in model.state_dict()     # neither trained nor saved: made from the config
     vision, images = model.vision.eval(), torch.rand(2, 3, 32, 32)
     x = torch.cat([vision.cls.expand(2, -1, -1), vision.patch_stem(images)], dim=1)   # tiny has a CLS token
-    x = x + sincos_2d(cfg.vision.patches_per_side, cfg.vision.width, cls=True)
+    x = x + sincos_2d(*cfg.vision.grid, cfg.vision.width, cls=True)
     for block in vision.blocks:
         x = block(x)
     torch.testing.assert_close(vision(images), vision.norm(x))

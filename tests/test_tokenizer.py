@@ -16,6 +16,21 @@ def test_trained_bpe_round_trips_any_text():
     assert len(tok.encode("There is a big red ball")) < len("There is a big red ball") // 2
 
 
+def test_split_digits_writes_every_digit_alone_and_round_trips(tmp_path):
+    numbers = ["Account 6546 3496 7512, balance 1,234.56 on 2023-01-05"] * 40
+    merged = Tokenizer.train(numbers, vocab_size=300)
+    assert any(len(t) > 1 and t.isdigit() for t in merged.hf.get_vocab())      # plain BPE merges digit pairs
+    split = Tokenizer.train(numbers, vocab_size=300, split_digits=True)
+    assert not any(len(t) > 1 and any(c.isdigit() for c in t) for t in split.hf.get_vocab())
+    pieces = [split.hf.id_to_token(i) for i in split.encode("PAN 12.50")]
+    assert pieces[-5:] == ["1", "2", ".", "5", "0"]
+    for text in numbers[:1] + ["x99y 0007 ünï 🙂"]:
+        assert split.decode(split.encode(text)) == text
+    split.save(tmp_path / "tokenizer.json")                                     # the rule travels with the file
+    again = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert again.encode("Account 6546") == split.encode("Account 6546")
+
+
 def test_special_tokens_in_text_stay_text_and_configure_the_model():
     tok = Tokenizer.train(TEXTS, vocab_size=300)
     ids = tok.encode(f"{IMAGE_TOKEN}{IMAGE_TOKEN}hello")     # typed by a user: characters, never the placeholder

@@ -55,6 +55,17 @@ def test_split_overrides():
         TrainConfig(freeze=["eyes"])
 
 
+def test_a_preset_recipe_sets_defaults_that_the_user_overrides():
+    from nanovlm.train import PRESET_RECIPES
+    recipe = PRESET_RECIPES["documents"]
+    documents = TrainConfig.from_options({"preset": "documents"})
+    assert (documents.steps, documents.augment, documents.split_digits) == (recipe["steps"], False, True)
+    mine = TrainConfig.from_options({"preset": "documents", "steps": "10", "augment": "true"})
+    assert (mine.steps, mine.augment, mine.split_digits) == (10, True, True)
+    demo = TrainConfig.from_options({"preset": "demo"})      # a preset without a recipe keeps the plain defaults
+    assert (demo.steps, demo.augment, demo.split_digits) == (TrainConfig.steps, True, False)
+
+
 def test_train_cli_writes_checkpoints_metrics_and_curve(scenes, tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["train", "--data", str(scenes), "--out", str(run), "--steps", "6", *TINY_RUN, "--set", "eval_every=3",

@@ -110,8 +110,7 @@ def _sample(cfg, batch_size: int, text_len: int, device: torch.device, generator
     # random text ids below the special ids at the end of the vocabulary
     text = torch.randint(0, cfg.decoder.vocab_size - 3, (batch_size, text_len), generator=generator)
     ids = torch.cat([torch.full((batch_size, n_image_tokens), cfg.image_token_id), text], dim=1)
-    size = cfg.vision.image_size
-    images = torch.randn(batch_size, 3, size, size, generator=generator)
+    images = torch.randn(batch_size, 3, cfg.vision.height, cfg.vision.image_size, generator=generator)
     return ids.to(device), images.to(device)
 
 

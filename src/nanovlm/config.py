@@ -135,7 +135,9 @@ def _check_choice(name: str, value, choices):
 
 @dataclass
 class VisionConfig:
-    image_size: int = 224
+    image_size: int = 224             # the picture's width in pixels (and its height, unless image_height is set)
+    image_height: int = 0             # 0: a square picture; else its height (a 384 x 256 page: image_size=384,
+                                      # image_height=256), read as it is instead of squeezed to a square
     patch_size: int = 16
     width: int = 768                  # embedding size of every patch token
     n_layer: int = 12
@@ -164,8 +166,11 @@ class VisionConfig:
                f"vision.position=sincos splits vision.width into 4 equal parts (row and column, sine and cosine): "
                f"width must be a multiple of 4, got {self.width}")
         _check(8 <= self.image_size <= 4096, f"vision.image_size must be in 8..4096 pixels, got {self.image_size}")
-        _check(1 <= self.patch_size <= self.image_size,
-               f"vision.patch_size must be in 1..image_size ({self.image_size}), got {self.patch_size}")
+        _check(self.image_height == 0 or 8 <= self.image_height <= 4096,
+               f"vision.image_height must be 0 (square) or in 8..4096 pixels, got {self.image_height}")
+        _check(1 <= self.patch_size <= min(self.image_size, self.height),
+               f"vision.patch_size must be in 1..{min(self.image_size, self.height)} (the picture's shorter side), "
+               f"got {self.patch_size}")
         for name in ("width", "n_head", "mlp_hidden"):
             _check(getattr(self, name) >= 1, f"vision.{name} must be >= 1, got {getattr(self, name)}")
         _check(self.n_layer >= 0, f"vision.n_layer must be >= 0, got {self.n_layer}")
@@ -176,6 +181,8 @@ class VisionConfig:
                "vision.image_mean and image_std need 3 values each (R, G, B), the std values > 0")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.height % self.patch_size:
+            raise ConfigError(f"vision.image_height {self.height} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.n_head:
             raise ConfigError(f"vision.width {self.width} is not divisible by n_head {self.n_head}")
         if self.patch_stem == "conv2" and self.patch_size % 4:
@@ -190,12 +197,23 @@ class VisionConfig:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
 
     @property
-    def patches_per_side(self) -> int:
-        return self.image_size // self.patch_size
+    def height(self) -> int:
+        """The picture's height in pixels (image_size for a square one)."""
+        return self.image_height or self.image_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of patches."""
+        return self.height // self.patch_size, self.image_size // self.patch_size
 
     @property
     def num_patches(self) -> int:
-        return self.patches_per_side ** 2
+        rows, cols = self.grid
+        return rows * cols
+
+    def describe_size(self) -> str:
+        """'64 px' for a square picture, '384 x 256 px' (width x height) otherwise."""
+        return f"{self.image_size} x {self.image_height} px" if self.image_height else f"{self.image_size} px"
 
 
 @dataclass
@@ -302,8 +320,10 @@ class VLMConfig:
         _check(1 <= self.max_images <= 64, f"max_images must be in 1..64, got {self.max_images}")
         if self.projector.source == "cls" and not self.vision.use_cls:
             raise ConfigError("projector.source=cls needs vision.use_cls=true")
-        if self.projector.kind == "pixel_shuffle" and self.vision.patches_per_side % self.projector.shuffle_factor:
-            raise ConfigError(f"{self.vision.patches_per_side} patches per side is not divisible by "
+        rows, cols = self.vision.grid
+        if self.projector.kind == "pixel_shuffle" and (rows % self.projector.shuffle_factor
+                                                       or cols % self.projector.shuffle_factor):
+            raise ConfigError(f"a grid of {rows} x {cols} patches is not divisible by "
                               f"projector.shuffle_factor {self.projector.shuffle_factor}")
 
     @property
@@ -413,18 +433,20 @@ PRESETS: dict[str, dict] = {
                      max_seq_len=256, dropout=0.0),
         fusion="prefix",
     ),
-    # Reading documents (`nanovlm data documents`, 384 x 256 scans read at 256 x 256): characters need resolution,
-    # so a conv net turns 16 x 16-pixel patches into 256 tokens, 2 ViT blocks mix them, and a 2 x 2 pixel shuffle
-    # hands 64 layer-normed tokens to a 4-layer GPT decoder that writes the JSON answer. Training recipe:
-    # nanovlm.data.documents.RECIPE.
+    # Reading documents (`nanovlm data documents`): the 384 x 256 page read as it is, not squeezed to a square.
+    # A ResNet-style stem (batch norm, a residual conv per halving: it learns form where `convnet` does not) turns
+    # each 16 x 16-pixel patch (about two printed characters) into a token, one ViT block lets each token see its
+    # neighbours (the label beside a value), and all 384 tokens, with their fixed 2-D positions, go to a 4-layer
+    # GPT decoder with cosine attention (qk_norm: it lets the decoder look at one token, README "Sixth round")
+    # that writes the JSON answer. Training recipe: nanovlm.train.PRESET_RECIPES["documents"].
     "documents": dict(
         name="documents",
-        vision=dict(image_size=256, patch_size=16, width=128, n_layer=2, n_head=4, mlp_hidden=512,
-                    patch_stem="convnet", stem_channels=128, use_cls=False, activation="gelu", norm_eps=1e-5,
-                    dropout=0.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
-        projector=dict(kind="pixel_shuffle", source="patches", shuffle_factor=2, output_norm=True),
+        vision=dict(image_size=384, image_height=256, patch_size=16, width=128, n_layer=1, n_head=4, mlp_hidden=512,
+                    patch_stem="resnet", stem_channels=128, use_cls=False, position="sincos", activation="gelu",
+                    norm_eps=1e-5, dropout=0.0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        projector=dict(kind="pixel_shuffle", source="patches", shuffle_factor=1, output_norm=True),
         decoder=dict(flavour="gpt", vocab_size=1024, n_embd=128, n_layer=4, n_head=4, mlp_hidden=512,
-                     max_seq_len=320, dropout=0.0),
+                     max_seq_len=640, qk_norm=10.0, dropout=0.0),
         fusion="prefix",
     ),
     # The smallest model that exercises every code path; used by the tests.

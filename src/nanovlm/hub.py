@@ -106,7 +106,7 @@ def model_card(model) -> str:
              f"parameters: vision {params['vision'] / 1e6:.1f}M, projector {params['projector'] / 1e6:.2f}M, "
              f"decoder {params['decoder'] / 1e6:.1f}M).", "",
              f"- vision encoder: {cfg.vision.n_layer} blocks, width {cfg.vision.width}, "
-             f"{cfg.vision.image_size} px images, {cfg.image_tokens_per_image} image tokens per image",
+             f"{cfg.vision.describe_size()} images, {cfg.image_tokens_per_image} image tokens per image",
              f"- language decoder: {cfg.decoder.flavour}, {cfg.decoder.n_layer} layers, width {cfg.decoder.n_embd}, "
              f"vocabulary {cfg.decoder.vocab_size}",
              f"- prompt format: {'chat (ChatML)' if cfg.fusion == 'placeholder' else 'image tokens first'}; "

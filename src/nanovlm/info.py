@@ -20,7 +20,7 @@ def describe_preset(name: str, overrides: dict | None = None) -> str:
     lines = [
         f"preset {name}: {total / 1e6:.2f}M parameters" + (f" (paper: ~{paper['params'] / 1e6:.0f}M)" if paper else ""),
         f"  vision    {v.patch_stem} stem, {v.n_layer} blocks x {v.width} wide, {v.n_head} heads, "
-        f"{v.image_size}px / patch {v.patch_size}, CLS={v.use_cls}",
+        f"{v.describe_size()} / patch {v.patch_size}, CLS={v.use_cls}",
         f"  projector {cfg.projector.kind} on {cfg.projector.source} -> {cfg.image_tokens_per_image} image token(s)",
         f"  decoder   {d.flavour}: {d.n_layer} layers x {d.n_embd} wide, {d.n_head} heads ({d.n_kv_head} kv) "
         f"x {d.head_dim}, vocab {d.vocab_size}",

@@ -57,11 +57,15 @@ class Tokenizer:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2,
+              split_digits: bool = False) -> "Tokenizer":
         """Train a byte-level BPE on an iterable of strings. Byte-level means any text can be encoded,
-        even characters never seen in training."""
+        even characters never seen in training. split_digits: every digit is a token of its own (as in Llama
+        and PaLM), so a number read off a page is written one digit per step, never "65" then "4"."""
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                            if split_digits else byte_level)
         hf.decoder = decoders.ByteLevel()
         specials = [EOS_CANDIDATES[0], PAD_TOKEN, IMAGE_TOKEN]
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,

@@ -48,6 +48,7 @@ class TrainConfig:
     out: str = "runs/demo"
     model: dict = field(default_factory=dict)     # model config overrides, e.g. {"decoder.n_layer": 2}
     tokenizer: str | None = None                  # a tokenizer.json; None -> train a BPE on the training texts
+    split_digits: bool = False                    # that BPE writes every digit as its own token (documents' numbers)
     # Pretrained backbones (nanoVLM's recipe): a language model (HF Llama folder, .gguf file or Hub id) whose
     # tokenizer and chat format the run uses, and optionally a SigLIP vision encoder (folder or Hub id).
     # Pretrained parts then train at PRETRAINED_LR unless their lr_* is set; fresh parts (projector) at lr.
@@ -179,11 +180,21 @@ class TrainConfig:
     @classmethod
     def from_options(cls, options: dict, where: str = "--set") -> "TrainConfig":
         """Training options (strings from the command line or JSON values) parsed by their field types; dotted
-        or VLMConfig keys go to `model`."""
+        or VLMConfig keys go to `model`. A preset with a recipe (PRESET_RECIPES) starts from it; the options win."""
+        options = {**PRESET_RECIPES.get(str(options.get("preset", cls.preset)), {}), **options}
         train_kw, model_kw = split_overrides(options)
         kwargs = typed_kwargs(cls, train_kw, where)
         kwargs["model"] = {**kwargs.get("model", {}), **model_kw}
         return cls(**kwargs)
+
+
+# Training options a preset is meant to be trained with, under the user's own (flags and --set win).
+PRESET_RECIPES: dict[str, dict] = {
+    # Documents: no augmentation (the loader's horizontal flip would mirror the text; the scans already vary in
+    # rotation, blur, noise and lighting), one digit per token, a batch of 16 pages (384 image tokens each).
+    "documents": {"steps": 2400, "batch_size": 16, "lr": 2e-3, "warmup_steps": 100, "augment": False,
+                  "split_digits": True, "eval_every": 250},
+}
 
 
 def _range_check(condition: bool, message: str):
@@ -286,7 +297,7 @@ def build_tokenizer(tcfg: TrainConfig, model_cfg: VLMConfig, out: Path, rt: Runt
     own = out / "tokenizer.json"
     if rt.is_main:
         texts = (t[k] for r in records for t in r["texts"] for k in ("user", "assistant"))
-        tokenizer = Tokenizer.train(texts, vocab_size=model_cfg.decoder.vocab_size)
+        tokenizer = Tokenizer.train(texts, vocab_size=model_cfg.decoder.vocab_size, split_digits=tcfg.split_digits)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(own)
     barrier(rt)
@@ -386,6 +397,9 @@ def train(tcfg: TrainConfig) -> dict:
     if not Path(tcfg.data).is_dir():
         raise FileNotFoundError(f"data folder {tcfg.data} not found; make one with `nanovlm data scenes --out {tcfg.data}`")
     model_cfg = from_name(tcfg.preset, tcfg.model)
+    if tcfg.preset in PRESET_RECIPES and rt.is_main:
+        recipe = ", ".join(f"{k}={v}" for k, v in PRESET_RECIPES[tcfg.preset].items())
+        print(f"preset {tcfg.preset} trains with its recipe unless told otherwise: {recipe}")
     if tcfg.max_readout_weight:
         check_max_readout(model_cfg)
     if tcfg.stem_trainable_blocks is not None:

@@ -30,7 +30,8 @@ def register(sub, groups):
     p = add_command(sub, "train", "train a model on a dataset folder",
                     description="Train a model on a dataset folder. Any training option or model key can be set "
                                 "with --set KEY=VALUE; `nanovlm train --help` lists the common ones as flags.")
-    p.add_argument("--preset", default="demo", help="model preset")
+    p.add_argument("--preset", default="demo", help="model preset; a preset with a training recipe (documents) takes "
+                                                     "its steps, batch size, lr and options from it unless given")
     p.add_argument("--data", required=True, help="dataset folder (records.jsonl + images)")
     p.add_argument("--out", help="run folder for checkpoints and metrics (default: runs/PRESET)")
     for name, help in TRAIN_FLAGS.items():

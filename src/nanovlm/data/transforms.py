@@ -14,11 +14,11 @@ from ..config import VisionConfig
 
 
 def to_tensor(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
-    """Resize to the encoder's square input and normalise: PIL RGB -> (3, S, S) float tensor."""
-    image = _square(image, cfg)
+    """Resize to the encoder's input size and normalise: PIL RGB -> (3, H, W) float tensor."""
+    image = _resized(image, cfg)
     # numpy, not torch: torch would run these element-wise ops on an OpenMP team of the calling thread, which
     # slows a model's team working in another thread (see serve/server.py).
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)                  # (S, S, 3), 0..255
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)                  # (H, W, 3), 0..255
     mean, std = np.asarray(cfg.image_mean, np.float32), np.asarray(cfg.image_std, np.float32)
     pixels *= 1 / (255 * std)
     pixels -= mean / std                                                         # (x / 255 - mean) / std
@@ -26,19 +26,21 @@ def to_tensor(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
 
 
 def to_pixels(image: Image.Image, cfg: VisionConfig) -> torch.Tensor:
-    """Resize to the encoder's square input, not yet normalised: PIL RGB -> (S, S, 3) uint8 tensor. A server's
+    """Resize to the encoder's input size, not yet normalised: PIL RGB -> (H, W, 3) uint8 tensor. A server's
     request threads do this much; normalise_batch() does the rest for a whole batch in the model's thread."""
-    return torch.from_numpy(np.array(_square(image, cfg).convert("RGB")))
+    return torch.from_numpy(np.array(_resized(image, cfg).convert("RGB")))
 
 
-def _square(image: Image.Image, cfg: VisionConfig) -> Image.Image:
-    if image.size != (cfg.image_size, cfg.image_size):
-        image = image.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
+def _resized(image: Image.Image, cfg: VisionConfig) -> Image.Image:
+    """The picture at the encoder's input size (square unless vision.image_height is set)."""
+    size = (cfg.image_size, cfg.height)
+    if image.size != size:
+        image = image.resize(size, Image.BICUBIC)
     return image
 
 
 def normalise_batch(pixels: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:
-    """(B, S, S, 3) uint8 from to_pixels() -> (B, 3, S, S) float32, the same numbers as to_tensor() gives."""
+    """(B, H, W, 3) uint8 from to_pixels() -> (B, 3, H, W) float32, the same numbers as to_tensor() gives."""
     mean = torch.tensor(cfg.image_mean, dtype=torch.float32, device=pixels.device)
     std = torch.tensor(cfg.image_std, dtype=torch.float32, device=pixels.device)
     x = pixels.permute(0, 3, 1, 2).float()

@@ -9,15 +9,17 @@ from ..config import VLMConfig
 from .layers import linear
 
 
-def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Space-to-depth on a square grid of tokens: (B, S*S, C) -> (B, S*S / f^2, C * f^2).
+def pixel_shuffle(x: torch.Tensor, factor: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Space-to-depth on a grid of tokens (row by row; square unless grid=(rows, cols) says otherwise):
+    (B, rows*cols, C) -> (B, rows*cols / f^2, C * f^2).
     Each output token holds an f x f block of neighbouring patches, so the decoder sees f^2 fewer tokens."""
     B, P, C = x.shape
-    side = int(P ** 0.5)
-    assert side * side == P and side % factor == 0, f"{P} tokens do not form a square grid divisible by {factor}"
-    x = x.reshape(B, side // factor, factor, side // factor, factor, C)   # (B, gy, fy, gx, fx, C)
+    rows, cols = grid or (int(P ** 0.5),) * 2
+    assert rows * cols == P and rows % factor == 0 and cols % factor == 0, \
+        f"{P} tokens do not form a {rows} x {cols} grid divisible by {factor}"
+    x = x.reshape(B, rows // factor, factor, cols // factor, factor, C)   # (B, gy, fy, gx, fx, C)
     x = x.permute(0, 1, 3, 2, 4, 5)                                        # (B, gy, gx, fy, fx, C)
-    return x.reshape(B, (side // factor) ** 2, factor * factor * C)
+    return x.reshape(B, (rows // factor) * (cols // factor), factor * factor * C)
 
 
 class Projector(nn.Module):
@@ -26,6 +28,7 @@ class Projector(nn.Module):
         p, width, n_embd = cfg.projector, cfg.vision.width, cfg.decoder.n_embd
         self.kind, self.source, self.factor = p.kind, p.source, p.shuffle_factor
         self.has_cls = cfg.vision.use_cls
+        self.grid = cfg.vision.grid
         if p.kind == "mlp":
             hidden = p.hidden_dim or 4 * width
             self.fc = nn.Linear(width, hidden)
@@ -42,4 +45,4 @@ class Projector(nn.Module):
             x = vision_out[:, 1:] if self.has_cls else vision_out
         if self.kind == "mlp":
             return self.norm(linear(self.proj, F.gelu(linear(self.fc, x, packed)), packed))
-        return self.norm(linear(self.proj, pixel_shuffle(x, self.factor), packed))
+        return self.norm(linear(self.proj, pixel_shuffle(x, self.factor, self.grid), packed))

@@ -128,19 +128,19 @@ class VisionBlock(nn.Module):
 
 
 @functools.lru_cache(maxsize=16)     # made once per grid: the forward pass reuses it (never modified in place)
-def sincos_2d(side: int, width: int, cls: bool = False) -> torch.Tensor:
-    """MAE's fixed 2-D position table for a side x side grid of patches (row by row): half the channels encode
+def sincos_2d(rows: int, cols: int, width: int, cls: bool = False) -> torch.Tensor:
+    """MAE's fixed 2-D position table for a rows x cols grid of patches (row by row): half the channels encode
     the row, half the column, each as sines and cosines of geometrically spaced frequencies.
-    Returns (1, [1 +] side * side, width); the CLS token's row is zero."""
+    Returns (1, [1 +] rows * cols, width); the CLS token's row is zero."""
     quarter = width // 4
     frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    row_index, col_index = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
 
     def encode(coordinate):
-        angles = coordinate.flatten()[:, None].double() * frequencies          # (side * side, quarter)
+        angles = coordinate.flatten()[:, None].double() * frequencies          # (rows * cols, quarter)
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    table = torch.cat([encode(rows), encode(cols)], dim=1).float()             # (side * side, width)
+    table = torch.cat([encode(row_index), encode(col_index)], dim=1).float()   # (rows * cols, width)
     if cls:
         table = torch.cat([torch.zeros(1, width), table])
     return table[None]
@@ -162,13 +162,13 @@ class VisionEncoder(nn.Module):
     def forward(self, images: torch.Tensor, packed: dict | None = None) -> torch.Tensor:
         """packed: prepacked Linear weights (layers.pack_linear_weights) for inference, or None."""
         B, C, H, W = images.shape
-        size = self.cfg.image_size
-        assert (C, H, W) == (3, size, size), f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}"
+        expected = (3, self.cfg.height, self.cfg.image_size)
+        assert (C, H, W) == expected, f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
         x = self.patch_stem(images)                                   # (B, P, width)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)     # (B, 1 + P, width); CLS first
         position = self.position if self.position is not None else \
-            sincos_2d(self.cfg.patches_per_side, self.cfg.width, self.cls is not None).to(x.device, x.dtype)
+            sincos_2d(*self.cfg.grid, self.cfg.width, self.cls is not None).to(x.device, x.dtype)
         x = self.dropout(x + position)
         for block in self.blocks:
             x = block(x, packed=packed)

@@ -25,15 +25,9 @@ from .layouts import LAYOUTS, draw_page
 from .records import READ_PROMPT, STYLES, masked_pages, texts_for
 from .render import scan
 
-DEFAULT_SIZE = (384, 256)   # width, height: a landscape slip; the documents preset reads it at 256 x 256
+DEFAULT_SIZE = (384, 256)   # width, height: a landscape slip, read as it is by the documents preset
 MIN_SIZE = (256, 160)       # below this the fields no longer fit a line
-
-# The training recipe for the `documents` preset (`nanovlm train --preset documents --set KEY=VALUE ...`): a best
-# guess, not yet measured to the 95% target. No augmentation: the loader's horizontal flip would mirror the text,
-# and the scans already vary in rotation, blur, noise and lighting. The vision encoder learns only through the
-# decoder's attention, so it gets a lower rate than the decoder (as in the scenes demo).
-RECIPE = {"steps": 8000, "batch_size": 32, "lr": 2e-3, "lr_vision": 3e-4, "lr_projector": 3e-4, "warmup_steps": 200,
-          "augment": False, "eval_every": 500, "patience": 4}
+# The documents preset's training recipe: nanovlm.train.PRESET_RECIPES["documents"].
 
 
 def render_document(doc: Document, layout: str, width: int, height: int, rng: random.Random,
@@ -151,4 +145,4 @@ def make_documents(out, kinds=KINDS, n: int = 1000, styles=("fields",), layouts=
             "documents_per_s": round(n / seconds, 1), **counts}
 
 
-__all__ = ["KINDS", "LAYOUTS", "RECIPE", "STYLES", "make_documents", "render_document", "plan_document"]
+__all__ = ["KINDS", "LAYOUTS", "STYLES", "make_documents", "render_document", "plan_document"]
