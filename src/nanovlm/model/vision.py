@@ -163,7 +163,8 @@ class VisionEncoder(nn.Module):
         """packed: prepacked Linear weights (layers.pack_linear_weights) for inference, or None."""
         B, C, H, W = images.shape
         expected = (3, self.cfg.height, self.cfg.image_size)
-        assert (C, H, W) == expected, f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
+        assert (C, H, W) == expected, \
+            f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
         x = self.patch_stem(images)                                   # (B, P, width)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)     # (B, 1 + P, width); CLS first
