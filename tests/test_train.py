@@ -173,6 +173,21 @@ def test_cached_vision_trains_as_computed_vision(scenes, tmp_path):
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-5, abs=1e-6)
 
 
+def test_cached_scattering_coefficients_train_as_computed_ones(scenes, tmp_path, capsys):
+    """With the scattering stem, cache_vision keeps the wavelet coefficients while the stem's norm and 1 x 1
+    conv, the ViT blocks and the rest train: the losses are those of the run that computes them."""
+    losses = {}
+    for cache in ("false", "true"):
+        run = tmp_path / f"cache-{cache}"
+        assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "12", *TINY_RUN,
+                     "--set", "vision.patch_stem=scattering", "--set", "eval_every=6", "--set", "augment=false",
+                     "--set", f"cache_vision={cache}"]) == 0
+        losses[cache] = [m["loss"] for m in _metrics(run)]
+    assert "of scattering coefficients for" in capsys.readouterr().out
+    assert len(losses["false"]) == 12 and losses["false"][-1] < losses["false"][0]
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-5, abs=1e-6)
+
+
 def test_cached_vision_with_flips_keeps_the_mirror_images(scenes, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "4", *TINY_RUN, *FROZEN,

@@ -9,7 +9,7 @@ from nanovlm.data.loader import FLIPPED, Augmentation, VLMDataset
 from nanovlm.data.synth import make_scenes
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.tokenizer import Tokenizer
-from nanovlm.train import TrainConfig
+from nanovlm.train import TrainConfig, check_cache_vision
 from nanovlm.vision_cache import VisionCache, check_cache_fits
 
 
@@ -66,14 +66,17 @@ def test_vision_cache_computes_each_picture_once():
 
 
 def test_cache_that_would_outgrow_the_memory_is_refused_up_front():
-    assert check_cache_fits(2000, 64, 128, memory_bytes=2**40) == 2000 * 64 * 128 * 4
+    assert check_cache_fits(2000, 64 * 128, memory_bytes=2**40) == 2000 * 64 * 128 * 4
     with pytest.raises(ValueError, match="more than half of this machine's"):
-        check_cache_fits(10**6, 64, 128, memory_bytes=2**34)
+        check_cache_fits(10**6, 64 * 128, memory_bytes=2**34)
 
 
-def test_cache_vision_needs_a_frozen_encoder():
+def test_cache_vision_needs_an_unchanging_encoder():
+    """The encoder (or its scattering front: test_scattering.py) must not train; the losses that teach it from
+    its pictures cannot run on kept outputs."""
     with pytest.raises(ConfigError, match="add freeze=vision"):
-        TrainConfig(cache_vision=True)
+        check_cache_vision(from_name("tiny").vision, TrainConfig(cache_vision=True))
     with pytest.raises(ConfigError, match="cannot be combined with cache_vision"):
         TrainConfig(cache_vision=True, freeze=["vision"], max_readout_weight=1.0)
-    TrainConfig(cache_vision=True, freeze=["vision"])
+    assert check_cache_vision(from_name("tiny").vision, TrainConfig(cache_vision=True, freeze=["vision"])) \
+        == "vision_features"

@@ -146,7 +146,9 @@ class VisionConfig:
     patch_stem: str = "linear"        # "linear": one conv, kernel = stride = patch (SigLIP); "conv2": the paper's stem;
                                       # "convnet": 3 x 3 stride-2 convs (a small CNN); "resnet": the same
                                       # with batch norms and a residual conv per stage; "efficientnet_lite0": the
-                                      # first blocks of an ImageNet CNN (load its weights with vision_init=...)
+                                      # first blocks of an ImageNet CNN (load its weights with vision_init=...);
+                                      # "scattering": fixed Morlet wavelets (edges and their layout), nothing learned
+                                      # before its batch norm and 1 x 1 conv
     stem_channels: int = 0            # conv2 / convnet / resnet: channels of the (last) conv (0 -> width // 2)
     use_cls: bool = False             # prepend a learned [CLS] token (the paper); SigLIP has none
     position: str = "learned"         # patch positions: "learned" (a trained table, SigLIP/ViT) or "sincos" (MAE's
@@ -159,7 +161,8 @@ class VisionConfig:
     image_std: tuple[float, ...] = SIGLIP_STD
 
     def __post_init__(self):
-        _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet", "resnet", "efficientnet_lite0"))
+        _check_choice("vision.patch_stem", self.patch_stem, ("linear", "conv2", "convnet", "resnet", "efficientnet_lite0",
+                                                                 "scattering"))
         _check_choice("vision.activation", self.activation, ("gelu", "gelu_tanh"))
         _check_choice("vision.position", self.position, ("learned", "sincos"))
         _check(self.position != "sincos" or self.width % 4 == 0,
@@ -187,14 +190,20 @@ class VisionConfig:
             raise ConfigError(f"vision.width {self.width} is not divisible by n_head {self.n_head}")
         if self.patch_stem == "conv2" and self.patch_size % 4:
             raise ConfigError("the conv2 stem downsamples in two stride-(patch/4, 4) steps: patch_size must be a multiple of 4")
-        if self.patch_stem in ("convnet", "resnet") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-            raise ConfigError(f"the {self.patch_stem} stem halves the picture per conv: patch_size must be a power of two >= 2")
+        if self.patch_stem in ("convnet", "resnet", "scattering") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(f"the {self.patch_stem} stem halves the picture per step: patch_size must be a power of two >= 2")
         if self.patch_stem == "efficientnet_lite0" and self.patch_size not in (2, 4, 8, 16, 32):
             raise ConfigError("the efficientnet_lite0 stem downsamples by 2, 4, 8, 16 or 32: patch_size must be one "
                               f"of them, got {self.patch_size}")
         if self.stem_channels == 0:
             self.stem_channels = self.width // 2
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    @property
+    def has_fixed_front(self) -> bool:
+        """Whether the stem begins with a part that never trains (the scattering stem's wavelets), which
+        cache_vision can keep per picture while the rest of the encoder trains."""
+        return self.patch_stem == "scattering"
 
     @property
     def height(self) -> int:

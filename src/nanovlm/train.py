@@ -103,8 +103,9 @@ class TrainConfig:
     # encoder (no backward pass through them). None = every block trains.
     stem_trainable_blocks: int | None = None
     pack: bool = False                            # several short samples per row (block-diagonal attention)
-    # Keep the frozen vision encoder's output for each picture after its first visit (nanovlm.vision_cache):
-    # needs freeze=vision; augmentation is then limited to mirror flips (a mirrored picture is a second entry).
+    # Keep what the vision encoder computes the same way at every visit of a picture (nanovlm.vision_cache): its
+    # outputs with freeze=vision, or the scattering stem's wavelet coefficients; augmentation is then limited to
+    # mirror flips (a mirrored picture is a second entry).
     cache_vision: bool = False
     seed: int = 0
     num_workers: int = 0                          # DataLoader worker processes
@@ -131,9 +132,6 @@ class TrainConfig:
         check(self.stem_trainable_blocks is None or self.vision is None,
               "stem_trainable_blocks applies to the pretrained efficientnet_lite0 stem, not to a SigLIP vision=...: "
               "use lr_vision or freeze=vision there")
-        check(not self.cache_vision or "vision" in self.freeze,
-              "cache_vision keeps the vision encoder's outputs, which only a frozen encoder keeps unchanged: "
-              "add freeze=vision")
         check(not (self.cache_vision and (self.contrastive_weight or self.contrastive_warmup_steps
                                           or self.max_readout_weight)),
               "the contrastive and the max read-out losses teach the vision encoder from its pictures: they "
@@ -404,6 +402,8 @@ def train(tcfg: TrainConfig) -> dict:
         check_max_readout(model_cfg)
     if tcfg.stem_trainable_blocks is not None:
         check_stem_trainable_blocks(model_cfg, tcfg.stem_trainable_blocks)
+    if tcfg.cache_vision and tcfg.vision is None:       # a --vision encoder is checked when it is built
+        check_cache_vision(model_cfg.vision, tcfg)
     check_run_folder(tcfg, out)
     records = fmt.read_records(tcfg.data, split="train", check_images=False)   # a broken dataset fails before any write
     if tcfg.overwrite and not tcfg.resume and rt.is_main:
@@ -427,7 +427,7 @@ def train(tcfg: TrainConfig) -> dict:
         augmentation = Augmentation.flips_only() if tcfg.cache_vision else Augmentation()
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
                            max_pixels=tcfg.max_image_pixels, picture_keys=tcfg.cache_vision)
-    vision_cache = make_vision_cache(model, train_set, model_cfg, rt, flips=tcfg.augment) if tcfg.cache_vision else None
+    vision_cache = make_vision_cache(model, train_set, tcfg, rt) if tcfg.cache_vision else None
     val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val", max_pixels=tcfg.max_image_pixels)
 
     state = {"step": 0, "best_val_loss": None, "best_score": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
@@ -526,8 +526,9 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                 inner = getattr(model, "module", model)
                 readout = bool(tcfg.max_readout_weight) and images is not None
                 with keep_vision_tokens(inner) if readout else contextlib.nullcontext({}) as seen:
+                    kept = {vision_cache.kind: features} if features is not None else {}
                     _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt),
-                                    vision_features=features)
+                                    **kept)
                 if tcfg.contrastive_weight and images is not None:
                     loss = loss + tcfg.contrastive_weight * contrastive()
                 if readout:
@@ -545,16 +546,34 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
     return all_reduce_mean(total_loss, rt), n_tokens
 
 
-def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, cfg: VLMConfig, rt: Runtime,
-                      flips: bool) -> VisionCache:
-    """The cache of the frozen encoder's outputs, refused up front when it could outgrow the memory."""
+def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, tcfg: TrainConfig, rt: Runtime) -> VisionCache:
+    """The cache of what the vision encoder computes the same way at every visit: a frozen encoder's outputs, or
+    the scattering stem's coefficients. Refused up front when neither applies or it could outgrow the memory."""
+    cfg = model.cfg.vision
+    kind = check_cache_vision(cfg, tcfg)
+    if kind == "vision_features":
+        values = (cfg.num_patches + int(cfg.use_cls)) * cfg.width
+    else:
+        values = model.vision.patch_stem.fixed(torch.zeros(1, 3, cfg.height, cfg.image_size, device=rt.device)).numel()
     n_pictures = len({path for record in train_set.records for path in record["images"]})
-    size = check_cache_fits(n_pictures * (2 if flips else 1), cfg.vision.num_patches + int(cfg.vision.use_cls),
-                            cfg.vision.width)
+    size = check_cache_fits(n_pictures * (2 if tcfg.augment else 1), values)
     if rt.is_main:
-        print(f"cache_vision: up to {size / 2**30:.2f} GiB for {n_pictures} pictures"
-              + (" and their mirror images; augmentation limited to mirror flips" if flips else ""))
-    return VisionCache(model.vision, train_set.picture, rt.device)
+        what = "encoder outputs" if kind == "vision_features" else "scattering coefficients"
+        print(f"cache_vision: up to {size / 2**30:.2f} GiB of {what} for {n_pictures} pictures"
+              + (" and their mirror images; augmentation limited to mirror flips" if tcfg.augment else ""))
+    return VisionCache(model.vision, train_set.picture, rt.device, kind)
+
+
+def check_cache_vision(vision_cfg, tcfg: TrainConfig) -> str:
+    """Which part of the vision encoder cache_vision can keep ("vision_features" or "stem_features"); a
+    ConfigError when no part of it stays unchanged while training."""
+    if "vision" in tcfg.freeze:
+        return "vision_features"
+    if vision_cfg.has_fixed_front:
+        return "stem_features"
+    raise ConfigError("cache_vision keeps what of the vision encoder stays unchanged while training: add "
+                      "freeze=vision, or use the scattering stem (vision.patch_stem=scattering), whose wavelets "
+                      "never train")
 
 
 def segments(batch: dict, rt: Runtime):

@@ -1,9 +1,12 @@
-"""A frozen vision encoder's outputs kept per picture (training with cache_vision=true).
+"""What a vision encoder computes the same way at every visit of a picture, kept per picture (training with
+cache_vision=true).
 
-When the encoder does not train and a picture's pixels are the same at every visit (no rotation or colour
-jitter; a mirror flip is a second picture), its output is too: computing it once and keeping it skips the
-decoding of the picture and the encoder's forward pass at every later visit. Steps then cost what the
-projector and the decoder cost.
+When a picture's pixels are the same at every visit (no rotation or colour jitter; a mirror flip is a second
+picture), so is whatever part of the encoder does not train. Two cases:
+- the whole encoder is frozen (freeze=vision): its outputs are kept; later steps decode no picture and run no
+  encoder, and cost what the projector and the decoder cost;
+- the scattering stem (vision.patch_stem=scattering) begins with fixed wavelets: their coefficients are kept
+  ("stem features"), and the stem's norm and 1 x 1 conv, the ViT blocks and the rest train as usual.
 
 The encoder runs in inference mode here (batch norms with their running statistics, no dropout), as a frozen
 encoder should: with the efficientnet_lite0 stem (fixed batch norms) and no vision dropout, that gives the same
@@ -18,10 +21,15 @@ import torch.nn as nn
 
 
 class VisionCache:
-    """features(keys) -> (N, patches, width), computing the outputs of the keys not seen yet in one batch."""
+    """features(keys) -> (N, ...) per picture, computing the outputs of the keys not seen yet in one batch.
+    kind "vision_features": the (frozen) encoder's outputs; "stem_features": its stem's fixed front
+    (vision.patch_stem.fixed). The kind is also the name of the model's argument that takes them."""
 
-    def __init__(self, vision: nn.Module, load_picture: Callable[[str], torch.Tensor], device: torch.device):
-        self.vision, self.load_picture, self.device = vision, load_picture, device
+    def __init__(self, vision: nn.Module, load_picture: Callable[[str], torch.Tensor], device: torch.device,
+                 kind: str = "vision_features"):
+        if kind not in ("vision_features", "stem_features"):
+            raise ValueError(f"unknown cache kind {kind!r}")
+        self.vision, self.load_picture, self.device, self.kind = vision, load_picture, device, kind
         self.outputs: dict[str, torch.Tensor] = {}
         self.hits = self.misses = 0
 
@@ -33,7 +41,8 @@ class VisionCache:
             was_training = self.vision.training
             self.vision.eval()
             try:
-                outputs = self.vision(pictures)
+                outputs = (self.vision(pictures) if self.kind == "vision_features"
+                           else self.vision.patch_stem.fixed(pictures))
             finally:
                 self.vision.train(was_training)
             self.outputs.update(zip(new, outputs))
@@ -45,14 +54,14 @@ class VisionCache:
         return sum(t.numel() * t.element_size() for t in self.outputs.values())
 
 
-def check_cache_fits(n_entries: int, patches: int, width: int, bytes_per_value: int = 4,
+def check_cache_fits(n_entries: int, values_per_entry: int, bytes_per_value: int = 4,
                      memory_bytes: int | None = None) -> int:
     """The cache's size when every entry (a picture, or its mirror image) is kept; a ValueError when that would
     take more than half of this machine's memory, before any step runs."""
-    size = n_entries * patches * width * bytes_per_value
+    size = n_entries * values_per_entry * bytes_per_value
     memory = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if size > memory // 2:
-        raise ValueError(f"cache_vision would keep up to {size / 2**30:.1f} GiB of encoder outputs "
-                         f"({n_entries} pictures and mirror images x {patches} x {width} values), more than half "
-                         f"of this machine's {memory / 2**30:.1f} GiB: train without cache_vision=true")
+        raise ValueError(f"cache_vision would keep up to {size / 2**30:.1f} GiB ({n_entries} pictures and mirror "
+                         f"images x {values_per_entry} values), more than half of this machine's "
+                         f"{memory / 2**30:.1f} GiB: train without cache_vision=true")
     return size

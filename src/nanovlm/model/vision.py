@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..config import VisionConfig
 from .efficientnet import EfficientNetLite0Stem
 from .layers import MLP, Attention
+from .scattering import ScatteringPatchStem
 
 
 class LinearPatchStem(nn.Module):
@@ -107,7 +108,7 @@ def _conv_bn_gelu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 STEMS = {"linear": LinearPatchStem, "conv2": Conv2PatchStem, "convnet": ConvNetPatchStem, "resnet": ResNetPatchStem,
-         "efficientnet_lite0": EfficientNetLite0Stem}
+         "efficientnet_lite0": EfficientNetLite0Stem, "scattering": ScatteringPatchStem}
 
 
 class VisionBlock(nn.Module):
@@ -159,13 +160,20 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
 
-    def forward(self, images: torch.Tensor, packed: dict | None = None) -> torch.Tensor:
-        """packed: prepacked Linear weights (layers.pack_linear_weights) for inference, or None."""
-        B, C, H, W = images.shape
-        expected = (3, self.cfg.height, self.cfg.image_size)
-        assert (C, H, W) == expected, \
-            f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
-        x = self.patch_stem(images)                                   # (B, P, width)
+    def forward(self, images: torch.Tensor | None, packed: dict | None = None,
+                fixed: torch.Tensor | None = None) -> torch.Tensor:
+        """packed: prepacked Linear weights (layers.pack_linear_weights) for inference, or None.
+        fixed: instead of images, the output of the stem's fixed front for them (patch_stem.fixed), kept from an
+        earlier step (cache_vision=true with the scattering stem)."""
+        if fixed is not None:
+            x = self.patch_stem.from_fixed(fixed)
+        else:
+            B, C, H, W = images.shape
+            expected = (3, self.cfg.height, self.cfg.image_size)
+            assert (C, H, W) == expected, \
+                f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
+            x = self.patch_stem(images)                               # (B, P, width)
+        B = x.shape[0]
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)     # (B, 1 + P, width); CLS first
         position = self.position if self.position is not None else \

@@ -70,15 +70,17 @@ class VisionLanguageModel(nn.Module):
         return self.projector(self.vision(images, packed=packed), packed=packed)
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None, packed: dict | None = None,
-              vision_features: torch.Tensor | None = None) -> torch.Tensor:
+              vision_features: torch.Tensor | None = None, stem_features: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with every <|image|> placeholder replaced by an image token, in order of appearance.
         images: (N, 3, H, W), all images of the batch in reading order (sample 0's first, ...).
         vision_features: instead of images, the vision encoder's outputs for them, (N, patches, width) (a frozen
-        encoder's outputs kept from an earlier step: training with cache_vision=true)."""
+        encoder's outputs kept from an earlier step: training with cache_vision=true).
+        stem_features: instead of images, the output of the stem's fixed front for them (the scattering stem's
+        coefficients, kept from an earlier step); the rest of the encoder runs and trains."""
         x = self.decoder.tok_emb(input_ids)                                  # (B, T, C)
         is_image = input_ids == self.cfg.image_token_id
         n_placeholders = int(is_image.sum())
-        given = vision_features if vision_features is not None else images
+        given = next((t for t in (vision_features, stem_features, images) if t is not None), None)
         n_images = 0 if given is None else given.shape[0]
         expected = n_images * self.cfg.image_tokens_per_image
         if n_placeholders != expected:
@@ -88,6 +90,8 @@ class VisionLanguageModel(nn.Module):
         if n_images:
             if vision_features is not None:
                 image_tokens = self.projector(vision_features, packed=packed)
+            elif stem_features is not None:
+                image_tokens = self.projector(self.vision(None, packed=packed, fixed=stem_features), packed=packed)
             else:
                 image_tokens = self.encode_images(images, packed)            # (N, tokens_per_image, C)
             x = x.clone()
@@ -97,7 +101,7 @@ class VisionLanguageModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 return_logits: bool = True, segment_ids: torch.Tensor | None = None,
-                vision_features: torch.Tensor | None = None):
+                vision_features: torch.Tensor | None = None, stem_features: torch.Tensor | None = None):
         """input_ids, labels: (B, T); labels are the targets for each position's NEXT token already aligned with
         input_ids (label[t] is the token at t+1), -100 where no loss is taken. Returns (logits, loss or None).
 
@@ -109,9 +113,9 @@ class VisionLanguageModel(nn.Module):
         return_logits=False (training) returns (None, loss) and applies lm_head only to the positions that have a
         label: the (B, T, vocab) logits are the largest activation of the model, and in VQA most positions
         (image tokens, question, chat template) take no loss.
-        vision_features replaces images with the encoder's outputs for them (see embed)."""
+        vision_features or stem_features replace images with what was kept of them (see embed)."""
         B, T = input_ids.shape
-        x = self.embed(input_ids, images, vision_features=vision_features)
+        x = self.embed(input_ids, images, vision_features=vision_features, stem_features=stem_features)
         if segment_ids is not None:
             position_ids, mask = packed_positions_and_mask(segment_ids)
         elif attention_mask is None:
