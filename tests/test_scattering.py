@@ -66,3 +66,12 @@ def test_cache_vision_keeps_the_frozen_encoder_or_the_scattering_front():
     assert check_cache_vision(from_name("tiny", SCATTERING).vision, TrainConfig()) == "stem_features"
     with pytest.raises(ConfigError, match="add freeze=vision, or use the scattering stem"):
         check_cache_vision(from_name("tiny").vision, TrainConfig(cache_vision=True))
+
+
+def test_a_saved_scattering_model_loads_and_gives_the_same_numbers(tmp_path):
+    """from_pretrained builds on the meta device: the fixed filters must still be there after loading."""
+    model = VisionLanguageModel(from_name("tiny", SCATTERING)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    model.save_pretrained(tmp_path / "model")
+    loaded = VisionLanguageModel.from_pretrained(tmp_path / "model").eval()
+    torch.testing.assert_close(loaded.vision(images), model.vision(images))

@@ -75,41 +75,49 @@ class Scattering2d(nn.Module):
 
     def __init__(self, height: int, width: int, J: int, L: int = ORIENTATIONS):
         super().__init__()
-        self.J, self.L = J, L
-        wavelets = torch.stack([torch.stack([
-            torch.fft.fft2(morlet_2d(height, width, 0.8 * 2 ** j, (L // 2 - 1 - t) * math.pi / L,
-                                     0.75 * math.pi / 2 ** j, 4.0 / L)).real
-            for t in range(L)]) for j in range(J)]).float()                     # (J, L, H, W)
-        gaussian = torch.fft.fft2(gabor_2d(height, width, 0.8 * 2 ** (J - 1), 0.0, 0.0)).real.float()
-        # each filter at the resolution of the signal it meets: level r = subsampled by 2^r (not saved: fixed)
-        for level in range(J):
-            self.register_buffer(f"wavelets_{level}", low_frequencies(wavelets, 2 ** level), persistent=False)
-            self.register_buffer(f"gaussian_{level}", low_frequencies(gaussian, 2 ** level), persistent=False)
+        self.height, self.width, self.J, self.L = height, width, J, L
+        self._filters: dict[torch.device, dict[str, list[torch.Tensor]]] = {}
+
+    def filters(self, device: torch.device) -> dict[str, list[torch.Tensor]]:
+        """The wavelets (J, L, ...) and the Gaussian in the Fourier domain, at each resolution level r (signals
+        subsampled by 2^r). Made on first use on each device rather than kept as buffers: they are fixed, never
+        saved, and a model built on the meta device (from_pretrained) would otherwise hold empty ones."""
+        if device not in self._filters:
+            H, W, J, L = self.height, self.width, self.J, self.L
+            wavelets = torch.stack([torch.stack([
+                torch.fft.fft2(morlet_2d(H, W, 0.8 * 2 ** j, (L // 2 - 1 - t) * math.pi / L,
+                                         0.75 * math.pi / 2 ** j, 4.0 / L)).real
+                for t in range(L)]) for j in range(J)]).float()                 # (J, L, H, W)
+            gaussian = torch.fft.fft2(gabor_2d(H, W, 0.8 * 2 ** (J - 1), 0.0, 0.0)).real.float()
+            self._filters[device] = {
+                "wavelets": [low_frequencies(wavelets, 2 ** level).to(device) for level in range(J)],
+                "gaussian": [low_frequencies(gaussian, 2 ** level).to(device) for level in range(J)]}
+        return self._filters[device]
 
     @property
     def n_coefficients(self) -> int:
         return 1 + self.J * self.L + self.L ** 2 * self.J * (self.J - 1) // 2
 
-    def _average(self, signal_hat: torch.Tensor, level: int) -> torch.Tensor:
-        """Gaussian average of a signal at resolution level `level`, down to the 2^J grid, back in space."""
-        averaged = subsample(signal_hat * getattr(self, f"gaussian_{level}"), 2 ** (self.J - level))
-        return torch.fft.ifft2(averaged).real
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = images.shape
+        filters = self.filters(images.device)
+        wavelets, gaussian = filters["wavelets"], filters["gaussian"]
+
+        def average(signal_hat, level):   # Gaussian average at resolution `level`, down to the 2^J grid, in space
+            return torch.fft.ifft2(subsample(signal_hat * gaussian[level], 2 ** (self.J - level))).real
+
         x_hat = torch.fft.fft2(images.float())                                  # (B, C, H, W)
-        order0 = self._average(x_hat, 0)[:, :, None]                            # (B, C, 1, h, w)
+        order0 = average(x_hat, 0)[:, :, None]                                  # (B, C, 1, h, w)
         order1, order2 = [], []
         for j1 in range(self.J):
             # |x * psi_j1|, kept at the resolution its band allows (subsampled by 2^j1)
-            u1 = torch.fft.ifft2(subsample(x_hat[:, :, None] * self.wavelets_0[j1], 2 ** j1)).abs()
+            u1 = torch.fft.ifft2(subsample(x_hat[:, :, None] * wavelets[0][j1], 2 ** j1)).abs()
             u1_hat = torch.fft.fft2(u1)                                          # (B, C, L, H/2^j1, W/2^j1)
-            order1.append(self._average(u1_hat, j1))                            # (B, C, L, h, w)
+            order1.append(average(u1_hat, j1))                                  # (B, C, L, h, w)
             paths = []
             for j2 in range(j1 + 1, self.J):
-                wavelets = getattr(self, f"wavelets_{j1}")[j2]                  # (L, H/2^j1, W/2^j1)
-                u2 = torch.fft.ifft2(subsample(u1_hat[:, :, :, None] * wavelets, 2 ** (j2 - j1))).abs()
-                paths.append(self._average(torch.fft.fft2(u2), j2))             # (B, C, L, L, h, w)
+                band = wavelets[j1][j2]                                          # (L, H/2^j1, W/2^j1)
+                u2 = torch.fft.ifft2(subsample(u1_hat[:, :, :, None] * band, 2 ** (j2 - j1))).abs()
+                paths.append(average(torch.fft.fft2(u2), j2))                   # (B, C, L, L, h, w)
             if paths:   # kymatio's order: (j1, theta1, j2, theta2)
                 order2.append(torch.stack(paths, dim=3).flatten(2, 4))
         return torch.cat([order0, *order1, *order2], dim=2)
