@@ -1,6 +1,7 @@
 """Does the vision encoder see form? Linear-probe measurements behind README's section of that name.
 
     python benchmarks/form_probe.py init                 # probes of encoders as built (random / pretrained)
+    python benchmarks/form_probe.py tokens --efficientnet weights/efficientnet_lite0.safetensors   # one token's view
     python benchmarks/form_probe.py supervised --steps 300   # the demo encoder trained as a plain shape classifier
     python benchmarks/form_probe.py supervised --stem resnet --steps 1000 --save runs/resnet_shapes.safetensors
     python benchmarks/form_probe.py plot runs/a runs/b --out benchmarks/form_probe.png   # probe_shape vs step
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from nanovlm.config import from_name
 from nanovlm.data.shapes import ALL_COLORS, ALL_SHAPES
 from nanovlm.model.vlm import VisionLanguageModel
-from nanovlm.probe import ShapeProbe, probe_pictures
+from nanovlm.probe import ShapeProbe, linear_probe_accuracy, probe_pictures
 
 ENCODERS = {   # name -> demo-preset overrides
     "demo (convnet stem, patch 8)": {},
@@ -70,6 +71,41 @@ def run_init(args):
         model = build(overrides, init)
         probe = ShapeProbe(model.cfg.vision, n=args.n)
         print(json.dumps({"encoder": name, **{k: round(v, 3) for k, v in probe(model).items()}}), flush=True)
+
+
+TOKEN_ENCODERS = {   # name -> (demo-preset overrides, needs --efficientnet)
+    "scattering, 64 px, patch 8": ({"vision.patch_stem": "scattering", "vision.use_cls": False}, False),
+    "efficientnet_lite0 ImageNet, 64 px, patch 8": ({**ENCODERS["efficientnet_lite0 random, 128 px"],
+                                                     "vision.image_size": 64, "vision.patch_size": 8}, True),
+    "efficientnet_lite0 ImageNet, 128 px, patch 16": (ENCODERS["efficientnet_lite0 random, 128 px"], True),
+}
+
+
+def run_tokens(args):
+    """What ONE token tells: the shape of a one-thing picture read from the stem's token under the thing's centre
+    (and from the 3 x 3 tokens around it), not from all tokens pooled. Binding needs it: the decoder finds a thing
+    by looking at its tokens. The stems' raw output: the scattering coefficients (no projection), the ImageNet
+    blocks' channels."""
+    for name, (overrides, needs_weights) in TOKEN_ENCODERS.items():
+        if needs_weights and not args.efficientnet:
+            continue
+        model = build(overrides, args.efficientnet if needs_weights else None).eval()
+        stem = model.vision.patch_stem
+        images, shape_ids, color_ids, centres = probe_pictures(model.cfg.vision, args.n, with_centres=True)
+        with torch.no_grad():
+            maps = torch.cat([stem.fixed(images[i:i + 200]) if hasattr(stem, "fixed") else stem.trunk(images[i:i + 200])
+                              for i in range(0, len(images), 200)])                # (N, C, rows, cols)
+        rows, cols = maps.shape[-2:]
+        index = torch.tensor([min(int(y * rows), rows - 1) * cols + min(int(x * cols), cols - 1) for x, y in centres])
+        result = {"encoder": name}
+        for k in (1, 3):
+            tokens = F.unfold(maps, k, padding=k // 2).transpose(1, 2)[torch.arange(len(maps)), index]
+            result[f"shape_{k}x{k}"] = round(linear_probe_accuracy(tokens, shape_ids, len(ALL_SHAPES)), 3)
+            result[f"colour_{k}x{k}"] = round(linear_probe_accuracy(tokens, color_ids, len(ALL_COLORS)), 3)
+        pooled = maps.flatten(2)
+        result["shape_pooled"] = round(linear_probe_accuracy(torch.cat([pooled.mean(-1), pooled.amax(-1)], -1),
+                                                             shape_ids, len(ALL_SHAPES)), 3)
+        print(json.dumps(result), flush=True)
 
 
 class Pooling(torch.nn.Module):
@@ -212,6 +248,10 @@ def main():
     p.add_argument("--efficientnet", help="converted EfficientNet-Lite0 safetensors (nanovlm convert efficientnet)")
     p.add_argument("--only", help="probe only the encoders whose name contains this")
     p.set_defaults(func=run_init)
+    p = sub.add_parser("tokens", help="probe single tokens of the stems (scattering, ImageNet EfficientNet)")
+    p.add_argument("--n", type=int, default=1200, help="probe pictures")
+    p.add_argument("--efficientnet", help="converted EfficientNet-Lite0 safetensors, to probe it too")
+    p.set_defaults(func=run_tokens)
     p = sub.add_parser("supervised", help="train the demo encoder as a plain shape classifier")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)

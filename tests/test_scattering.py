@@ -64,6 +64,7 @@ def test_the_scattering_stem_needs_a_power_of_two_patch():
 def test_cache_vision_keeps_the_frozen_encoder_or_the_scattering_front():
     assert check_cache_vision(from_name("tiny").vision, TrainConfig(freeze=["vision"])) == "vision_features"
     assert check_cache_vision(from_name("tiny", SCATTERING).vision, TrainConfig()) == "stem_features"
+    assert check_cache_vision(from_name("tiny", SCATTERING).vision, TrainConfig(freeze=["vision"])) == "stem_features"
     with pytest.raises(ConfigError, match="add freeze=vision, or use the scattering stem"):
         check_cache_vision(from_name("tiny").vision, TrainConfig(cache_vision=True))
 

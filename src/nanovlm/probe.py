@@ -25,11 +25,13 @@ from .data.transforms import to_tensor
 PROBE_PICTURES = 1200   # 800 to fit the probe, 400 to score it: +-2.5% standard error at 50%
 
 
-def probe_pictures(cfg: VisionConfig, n: int = 1200, seed: int = 0, shapes=ALL_SHAPES, all_pairs: bool = True):
-    """n one-shape pictures as a (n, 3, S, S) tensor normalised for the encoder, with shape and colour labels.
-    all_pairs=False leaves out the colour-shape pairs that `shapes` training data never shows."""
+def probe_pictures(cfg: VisionConfig, n: int = 1200, seed: int = 0, shapes=ALL_SHAPES, all_pairs: bool = True,
+                   with_centres: bool = False):
+    """n one-shape pictures as a (n, 3, S, S) tensor normalised for the encoder, with shape and colour labels
+    (and, with_centres, each thing's centre (x, y) as fractions of the side). all_pairs=False leaves out the
+    colour-shape pairs that `shapes` training data never shows."""
     shapes = check_shapes(shapes)
-    images, shape_ids, color_ids = [], [], []
+    images, shape_ids, color_ids, centres = [], [], [], []
     for index in range(n):
         rng = random.Random(f"probe/{seed}/{index}")
         picture = plan_shapes(rng, shapes, n_objects=1, heldout=all_pairs)   # every colour-shape pair?
@@ -37,7 +39,9 @@ def probe_pictures(cfg: VisionConfig, n: int = 1200, seed: int = 0, shapes=ALL_S
         images.append(to_tensor(render_shapes(picture, cfg.image_size), cfg))
         shape_ids.append(shapes.index(obj["shape"]))
         color_ids.append(ALL_COLORS.index(obj["color"]))
-    return torch.stack(images), torch.tensor(shape_ids), torch.tensor(color_ids)
+        centres.append((obj["x"], obj["y"]))
+    labelled = torch.stack(images), torch.tensor(shape_ids), torch.tensor(color_ids)
+    return (*labelled, centres) if with_centres else labelled
 
 
 @torch.no_grad()

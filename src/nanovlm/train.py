@@ -567,10 +567,10 @@ def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, tcfg: T
 def check_cache_vision(vision_cfg, tcfg: TrainConfig) -> str:
     """Which part of the vision encoder cache_vision can keep ("vision_features" or "stem_features"); a
     ConfigError when no part of it stays unchanged while training."""
+    if vision_cfg.has_fixed_front:   # even when frozen: the rest is cheap, and its batch norm then sees batches
+        return "stem_features"
     if "vision" in tcfg.freeze:
         return "vision_features"
-    if vision_cfg.has_fixed_front:
-        return "stem_features"
     raise ConfigError("cache_vision keeps what of the vision encoder stays unchanged while training: add "
                       "freeze=vision, or use the scattering stem (vision.patch_stem=scattering), whose wavelets "
                       "never train")

@@ -109,12 +109,16 @@ class EfficientNetLite0Stem(nn.Module):
         channels = specs[-1][1] if specs else STEM_CHANNELS
         self.proj = nn.Conv2d(channels, cfg.width, kernel_size=1)     # fresh: trained with the model
 
-    def forward(self, images):
+    def trunk(self, images):
+        """The ImageNet blocks' channels, (B, C, S / patch, S / patch), before the fresh map to the width."""
         # channels-last: oneDNN's depthwise convolutions run about twice as fast on CPU in that layout
         x = F.relu6(self._bn0(self._conv_stem(images.contiguous(memory_format=torch.channels_last))))
         for block in self._blocks:
             x = block(x)
-        return self.proj(x).flatten(2).transpose(1, 2)                # (B, num_patches, width)
+        return x
+
+    def forward(self, images):
+        return self.proj(self.trunk(images)).flatten(2).transpose(1, 2)   # (B, num_patches, width)
 
     def early_parameters(self, trainable_blocks: int) -> list[nn.Parameter]:
         """The pretrained layers before the last `trainable_blocks` blocks (TrainConfig.stem_trainable_blocks

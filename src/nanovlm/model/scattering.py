@@ -133,7 +133,7 @@ class ScatteringPatchStem(nn.Module):
         self.scattering = Scattering2d(cfg.height, cfg.image_size, J)
         channels = 3 * self.scattering.n_coefficients
         self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.proj = nn.Conv2d(channels, cfg.width, kernel_size=1)
+        self.proj = nn.Conv2d(channels, cfg.width, kernel_size=3, padding=1)
 
     @torch.no_grad()
     def fixed(self, images: torch.Tensor) -> torch.Tensor:
