@@ -148,7 +148,7 @@ class VisionConfig:
                                       # with batch norms and a residual conv per stage; "efficientnet_lite0": the
                                       # first blocks of an ImageNet CNN (load its weights with vision_init=...);
                                       # "scattering": fixed Morlet wavelets (edges and their layout), nothing learned
-                                      # before its batch norm and 1 x 1 conv
+                                      # before its batch norm and 3 x 3 conv
     stem_channels: int = 0            # conv2 / convnet / resnet: channels of the (last) conv (0 -> width // 2)
     use_cls: bool = False             # prepend a learned [CLS] token (the paper); SigLIP has none
     position: str = "learned"         # patch positions: "learned" (a trained table, SigLIP/ViT) or "sincos" (MAE's
