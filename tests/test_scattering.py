@@ -56,6 +56,13 @@ def test_the_scattering_stem_trains_only_after_its_wavelets():
     assert model.vision(images).shape == (2, cfg.vision.num_patches, cfg.vision.width)
 
 
+def test_a_page_that_is_not_square_is_scattered_as_it_is():
+    cfg = from_name("tiny", {**SCATTERING, "vision.image_size": 64, "vision.image_height": 32})
+    model = VisionLanguageModel(cfg).eval()
+    assert model.vision.patch_stem.fixed(torch.rand(2, 3, 32, 64)).shape == (2, 3 * 61, 4, 8)
+    assert model.vision(torch.rand(2, 3, 32, 64)).shape == (2, 4 * 8, cfg.vision.width)
+
+
 def test_the_scattering_stem_needs_a_power_of_two_patch():
     with pytest.raises(ConfigError, match="power of two"):
         from_name("tiny", {**SCATTERING, "vision.patch_size": 6, "vision.image_size": 36})
