@@ -279,7 +279,7 @@ def main():
     torch.set_num_threads(args.threads)
     try:
         args.func(args)
-    except ValueError as error:             # a bad input: one line, exit 2, as the nanovlm commands do
+    except (ValueError, FileNotFoundError) as error:   # a bad input: one line, exit 2, as nanovlm commands do
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
 
