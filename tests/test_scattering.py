@@ -42,6 +42,34 @@ def test_scattering_sees_edges_not_brightness_and_follows_a_shift():
     torch.testing.assert_close(turned, edges[[0, 3, 2, 1]], atol=1e-5, rtol=1e-4)
 
 
+def test_a_wider_view_keeps_the_token_grid():
+    """oversample=1: wavelets and average at scale 2^J, coefficients on the 2^(J-1) grid. Shifting the picture by
+    one cell of that grid shifts the coefficients by one token, and every second token is the plain J-scale
+    transform (order 0 exactly; the rest up to the aliasing that the plain transform's coarser steps add)."""
+    picture = torch.zeros(1, 1, 32, 32)
+    picture[..., 8:20, 10:14] = 1.0
+    wide = Scattering2d(32, 32, J=3, L=4, oversample=1)
+    coefficients = wide(picture)
+    assert coefficients.shape == (1, 1, 1 + 3 * 4 + 16 * 3, 8, 8)
+    shifted = wide(torch.roll(picture, shifts=(4, -8), dims=(-2, -1)))
+    torch.testing.assert_close(shifted, torch.roll(coefficients, shifts=(1, -2), dims=(-2, -1)), atol=1e-5, rtol=1e-4)
+    plain = Scattering2d(32, 32, J=3, L=4)(picture)
+    torch.testing.assert_close(coefficients[:, :, 0, ::2, ::2], plain[:, :, 0], atol=1e-6, rtol=1e-5)
+    error = (coefficients[..., ::2, ::2] - plain).norm() / plain.norm()
+    assert error < 0.1, f"the oversampled transform strays from the plain one by {error:.1%}"
+
+
+def test_scattering_context_widens_what_a_token_sees():
+    cfg = from_name("tiny", {**SCATTERING, "vision.scattering_context": 1})             # patch 8: J = 4 on 4 x 4 tokens
+    model = VisionLanguageModel(cfg).eval()
+    assert model.vision.patch_stem.fixed(torch.rand(2, 3, 32, 32)).shape == (2, 3 * (1 + 4 * 4 + 16 * 6), 4, 4)
+    assert model.vision(torch.rand(2, 3, 32, 32)).shape == (2, 16, cfg.vision.width)
+    with pytest.raises(ConfigError, match="must fit in the picture's shorter side"):
+        from_name("tiny", {**SCATTERING, "vision.scattering_context": 3})
+    with pytest.raises(ConfigError, match="applies to vision.patch_stem=scattering only"):
+        from_name("tiny", {"vision.scattering_context": 1})
+
+
 def test_the_scattering_stem_trains_only_after_its_wavelets():
     cfg = from_name("tiny", SCATTERING)
     model = VisionLanguageModel(cfg)
@@ -71,7 +99,7 @@ def test_the_scattering_stem_needs_a_power_of_two_patch():
 def test_cache_vision_keeps_the_frozen_encoder_or_the_scattering_front():
     assert check_cache_vision(from_name("tiny").vision, TrainConfig(freeze=["vision"])) == "vision_features"
     assert check_cache_vision(from_name("tiny", SCATTERING).vision, TrainConfig()) == "stem_features"
-    assert check_cache_vision(from_name("tiny", SCATTERING).vision, TrainConfig(freeze=["vision"])) == "stem_features"
+    assert check_cache_vision(from_name("tiny", SCATTERING).vision, TrainConfig(freeze=["vision"])) == "vision_features"
     with pytest.raises(ConfigError, match="add freeze=vision, or use the scattering stem"):
         check_cache_vision(from_name("tiny").vision, TrainConfig(cache_vision=True))
 

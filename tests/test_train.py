@@ -160,15 +160,21 @@ def test_bad_input_is_one_clear_error(problem, scenes, tmp_path, capsys):
 FROZEN = ["--set", "freeze=vision", "--set", "eval_every=6"]
 
 
-def test_cached_vision_trains_as_computed_vision(scenes, tmp_path):
+@pytest.mark.parametrize("stem", ["conv2", "resnet", "scattering"])
+def test_cached_vision_trains_as_computed_vision(scenes, tmp_path, capsys, stem):
     """cache_vision=true: past the first epoch the encoder's outputs come from the cache, and the losses stay
-    those of the run that computes them."""
+    those of the run that computes them. A frozen encoder runs in inference mode in both, its from-scratch batch
+    norms (resnet, scattering) calibrated on the training pictures first."""
     losses = {}
     for cache in ("false", "true"):
         run = tmp_path / f"cache-{cache}"
         assert main(["train", "--data", str(scenes), "--out", str(run), "--steps", "12", *TINY_RUN, *FROZEN,
-                     "--set", "augment=false", "--set", f"cache_vision={cache}"]) == 0
+                     "--set", f"vision.patch_stem={stem}", "--set", "augment=false",
+                     "--set", f"cache_vision={cache}"]) == 0
         losses[cache] = [m["loss"] for m in _metrics(run)]
+    out = capsys.readouterr().out
+    assert "of encoder outputs for" in out
+    assert ("batch norm(s) of the encoder took their statistics from" in out) == (stem != "conv2")
     assert len(losses["false"]) == 12
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-5, abs=1e-6)
 

@@ -3,13 +3,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 from nanovlm.config import ConfigError, from_name
 from nanovlm.data.loader import FLIPPED, Augmentation, VLMDataset
 from nanovlm.data.synth import make_scenes
 from nanovlm.model.vlm import VisionLanguageModel
 from nanovlm.tokenizer import Tokenizer
-from nanovlm.train import TrainConfig, check_cache_vision
+from nanovlm.train import TrainConfig, calibrate_batch_norms, check_cache_vision, untouched_batch_norms
 from nanovlm.vision_cache import VisionCache, check_cache_fits
 
 
@@ -80,3 +81,19 @@ def test_cache_vision_needs_an_unchanging_encoder():
         TrainConfig(cache_vision=True, freeze=["vision"], max_readout_weight=1.0)
     assert check_cache_vision(from_name("tiny").vision, TrainConfig(cache_vision=True, freeze=["vision"])) \
         == "vision_features"
+
+
+def test_a_frozen_encoders_fresh_batch_norms_take_the_pictures_statistics():
+    torch.manual_seed(0)
+    vision = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4))
+    loaded = vision[3]
+    loaded.running_mean.fill_(0.5)                      # statistics it already holds (e.g. from vision_init)
+    pictures = [torch.rand(3, 8, 8) * 2 + 1 for _ in range(40)]
+    assert untouched_batch_norms(vision) == [vision[1]]
+    assert calibrate_batch_norms(vision, pictures, batch_size=20) == 1
+    with torch.no_grad():
+        outputs = vision[0](torch.stack(pictures))
+    torch.testing.assert_close(vision[1].running_mean, outputs.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vision[1].running_var, outputs.var(dim=(0, 2, 3)), atol=0.02, rtol=0.05)
+    assert bool((loaded.running_mean == 0.5).all()) and vision.training and vision[1].momentum == 0.1
+    assert untouched_batch_norms(vision) == [] and calibrate_batch_norms(vision, pictures) == 0

@@ -150,6 +150,9 @@ class VisionConfig:
                                       # "scattering": fixed Morlet wavelets (edges and their layout), nothing learned
                                       # before its batch norm and 3 x 3 conv
     stem_channels: int = 0            # conv2 / convnet / resnet: channels of the (last) conv (0 -> width // 2)
+    scattering_context: int = 0       # scattering: each token's coefficients describe a neighbourhood 2^N times its
+                                      # patch (wavelets and average up to that scale, the token grid unchanged):
+                                      # tokens that see a whole thing (docs/form.md, "Eleventh round")
     use_cls: bool = False             # prepend a learned [CLS] token (the paper); SigLIP has none
     position: str = "learned"         # patch positions: "learned" (a trained table, SigLIP/ViT) or "sincos" (MAE's
                                       # fixed 2-D sine-cosine table: where a patch is, from step 0, even when the
@@ -192,6 +195,14 @@ class VisionConfig:
             raise ConfigError("the conv2 stem downsamples in two stride-(patch/4, 4) steps: patch_size must be a multiple of 4")
         if self.patch_stem in ("convnet", "resnet", "scattering") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ConfigError(f"the {self.patch_stem} stem halves the picture per step: patch_size must be a power of two >= 2")
+        _check(0 <= self.scattering_context <= 3,
+               f"vision.scattering_context must be in 0..3 (octaves beyond the patch), got {self.scattering_context}")
+        _check(self.scattering_context == 0 or self.patch_stem == "scattering",
+               "vision.scattering_context applies to vision.patch_stem=scattering only")
+        _check(self.patch_size << self.scattering_context <= min(self.image_size, self.height),
+               f"vision.scattering_context={self.scattering_context}: the view, patch_size x "
+               f"{2 ** self.scattering_context} = {self.patch_size << self.scattering_context} px, must fit in the "
+               f"picture's shorter side ({min(self.image_size, self.height)} px)")
         if self.patch_stem == "efficientnet_lite0" and self.patch_size not in (2, 4, 8, 16, 32):
             raise ConfigError("the efficientnet_lite0 stem downsamples by 2, 4, 8, 16 or 32: patch_size must be one "
                               f"of them, got {self.patch_size}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint
@@ -356,6 +357,48 @@ def build_optimizer(model: VisionLanguageModel, tcfg: TrainConfig) -> torch.opti
     return torch.optim.AdamW(groups, betas=(0.9, 0.95), fused=True)
 
 
+CALIBRATION_PICTURES = 512   # pictures that set a frozen encoder's unused batch norms (statistics to ~5%)
+
+
+def untouched_batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
+    """The batch norms that have never seen data: running mean exactly 0 and variance exactly 1, as built."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and not m.running_mean.any() and bool((m.running_var == 1).all())]
+
+
+@torch.no_grad()
+def calibrate_batch_norms(vision: nn.Module, pictures: list[torch.Tensor], batch_size: int = 64) -> int:
+    """A frozen vision encoder runs in inference mode (see train_mode), where a batch norm normalises with its
+    running statistics. One that has never seen data (a from-scratch stem: resnet, scattering) would normalise
+    with 0 and 1; this gives it the mean and variance over `pictures` instead (the batch norms that already hold
+    statistics, e.g. loaded with vision_init, are left as they are). Returns how many were calibrated."""
+    fresh = untouched_batch_norms(vision)
+    if not fresh or not pictures:
+        return 0
+    was_training = vision.training
+    vision.eval()
+    momenta = [m.momentum for m in fresh]
+    for m in fresh:
+        m.train()
+        m.momentum = None                    # a cumulative average over the calibration batches
+    try:
+        for i in range(0, len(pictures), batch_size):
+            vision(torch.stack(pictures[i:i + batch_size]))
+    finally:
+        for m, momentum in zip(fresh, momenta):
+            m.momentum = momentum
+        vision.train(was_training)
+    return len(fresh)
+
+
+def train_mode(model: VisionLanguageModel, tcfg: TrainConfig):
+    """model.train(), but a frozen vision encoder stays in inference mode (no dropout, batch norms with fixed
+    statistics): frozen means it computes the same thing at every visit, which is also what cache_vision keeps."""
+    model.train()
+    if "vision" in tcfg.freeze:
+        model.vision.eval()
+
+
 def make_loader(dataset: VLMDataset, tcfg: TrainConfig, rt: Runtime, pad_id: int, shuffle: bool,
                 skip_batches: int = 0) -> tuple[DataLoader, EpochSampler]:
     """skip_batches: micro-batches already trained on (exact resume starts right after them)."""
@@ -427,6 +470,13 @@ def train(tcfg: TrainConfig) -> dict:
         augmentation = Augmentation.flips_only() if tcfg.cache_vision else Augmentation()
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
                            max_pixels=tcfg.max_image_pixels, picture_keys=tcfg.cache_vision)
+    if "vision" in tcfg.freeze and not tcfg.resume:
+        pictures = list(dict.fromkeys(path for record in train_set.records for path in record["images"]))
+        calibrated = calibrate_batch_norms(model.vision, [train_set.picture(path).to(rt.device)
+                                                          for path in pictures[:CALIBRATION_PICTURES]])
+        if calibrated and rt.is_main:
+            print(f"freeze=vision: {calibrated} batch norm(s) of the encoder took their statistics from "
+                  f"{min(len(pictures), CALIBRATION_PICTURES)} training pictures")
     vision_cache = make_vision_cache(model, train_set, tcfg, rt) if tcfg.cache_vision else None
     val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val", max_pixels=tcfg.max_image_pixels)
 
@@ -463,7 +513,7 @@ def train(tcfg: TrainConfig) -> dict:
             if cpu_share:
                 cpu_share.update(step)
             set_learning_rates(optimizer, lr_at(step, tcfg))
-            model.train()
+            train_mode(model, tcfg)
             t0 = time.time()
             loss, n_tokens = train_step(ddp_model, optimizer, scaler, batches, tcfg, rt,
                                         contrastive_only=step < tcfg.contrastive_warmup_steps,
@@ -567,10 +617,10 @@ def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, tcfg: T
 def check_cache_vision(vision_cfg, tcfg: TrainConfig) -> str:
     """Which part of the vision encoder cache_vision can keep ("vision_features" or "stem_features"); a
     ConfigError when no part of it stays unchanged while training."""
-    if vision_cfg.has_fixed_front:   # even when frozen: the rest is cheap, and its batch norm then sees batches
-        return "stem_features"
-    if "vision" in tcfg.freeze:
+    if "vision" in tcfg.freeze:      # frozen: the whole encoder's outputs (a step then runs no encoder at all)
         return "vision_features"
+    if vision_cfg.has_fixed_front:   # the scattering stem's wavelet coefficients; what follows them trains
+        return "stem_features"
     raise ConfigError("cache_vision keeps what of the vision encoder stays unchanged while training: add "
                       "freeze=vision, or use the scattering stem (vision.patch_stem=scattering), whose wavelets "
                       "never train")

@@ -3,15 +3,15 @@ cache_vision=true).
 
 When a picture's pixels are the same at every visit (no rotation or colour jitter; a mirror flip is a second
 picture), so is whatever part of the encoder does not train. Two cases:
-- the whole encoder is frozen (freeze=vision; any stem but scattering): its outputs are kept; later steps
-  decode no picture and run no encoder, and cost what the projector and the decoder cost;
-- the scattering stem (vision.patch_stem=scattering) begins with fixed wavelets: their coefficients are kept
-  ("stem features"), and the stem's norm and 3 x 3 conv, the ViT blocks and the rest run (and train, unless
-  frozen) as usual.
+- the whole encoder is frozen (freeze=vision): its outputs are kept; later steps decode no picture and run no
+  encoder, and cost what the projector and the decoder cost;
+- the scattering stem (vision.patch_stem=scattering) is not frozen but begins with fixed wavelets: their
+  coefficients are kept ("stem features"), and the stem's norm and 3 x 3 conv, the ViT blocks and the rest run
+  and train as usual.
 
 The encoder runs in inference mode here (batch norms with their running statistics, no dropout), as a frozen
-encoder should: with the efficientnet_lite0 stem (fixed batch norms) and no vision dropout, that gives the same
-numbers as the uncached training step (a test checks it)."""
+encoder does while training (nanovlm.train.train_mode), so a cached step gives the same numbers as an uncached
+one (tests check it)."""
 from __future__ import annotations
 
 import os

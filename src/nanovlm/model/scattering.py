@@ -76,11 +76,15 @@ def subsample(signal_hat: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class Scattering2d(nn.Module):
-    """(B, C, H, W) -> (B, C, K, H / 2^J, W / 2^J), K = 1 + J L + L^2 J (J - 1) / 2. No parameters."""
+    """(B, C, H, W) -> (B, C, K, H / 2^(J - oversample), W / 2^(J - oversample)), K = 1 + J L + L^2 J (J - 1) / 2.
+    No parameters. oversample > 0 keeps the output grid 2^oversample times finer than the Gaussian's scale 2^J:
+    each coefficient then describes a larger neighbourhood than its grid cell."""
 
-    def __init__(self, height: int, width: int, J: int, L: int = ORIENTATIONS):
+    def __init__(self, height: int, width: int, J: int, L: int = ORIENTATIONS, oversample: int = 0):
         super().__init__()
+        assert 0 <= oversample <= J, f"oversample must be in 0..J={J}, got {oversample}"
         self.height, self.width, self.J, self.L = height, width, J, L
+        self.levels = J - oversample   # the output grid: subsampled by 2^levels; no signal goes finer than needed
         self._filters: dict[torch.device, dict[str, list[torch.Tensor]]] = {}
 
     def filters(self, device: torch.device) -> dict[str, list[torch.Tensor]]:
@@ -107,22 +111,26 @@ class Scattering2d(nn.Module):
         filters = self.filters(images.device)
         wavelets, gaussian = filters["wavelets"], filters["gaussian"]
 
-        def average(signal_hat, level):   # Gaussian average at resolution `level`, down to the 2^J grid, in space
-            return torch.fft.ifft2(subsample(signal_hat * gaussian[level], 2 ** (self.J - level))).real
+        def level(j):   # the resolution a signal of band j is kept at: subsampled by 2^j, down to the output grid
+            return min(j, self.levels)
+
+        def average(signal_hat, r):   # Gaussian average of a signal at resolution r, down to the output grid
+            return torch.fft.ifft2(subsample(signal_hat * gaussian[r], 2 ** (self.levels - r))).real
 
         x_hat = torch.fft.fft2(images.float())                                  # (B, C, H, W)
         order0 = average(x_hat, 0)[:, :, None]                                  # (B, C, 1, h, w)
         order1, order2 = [], []
         for j1 in range(self.J):
             # |x * psi_j1|, kept at the resolution its band allows (subsampled by 2^j1)
-            u1 = torch.fft.ifft2(subsample(x_hat[:, :, None] * wavelets[0][j1], 2 ** j1)).abs()
-            u1_hat = torch.fft.fft2(u1)                                          # (B, C, L, H/2^j1, W/2^j1)
-            order1.append(average(u1_hat, j1))                                  # (B, C, L, h, w)
+            r1 = level(j1)
+            u1 = torch.fft.ifft2(subsample(x_hat[:, :, None] * wavelets[0][j1], 2 ** r1)).abs()
+            u1_hat = torch.fft.fft2(u1)                                          # (B, C, L, H/2^r1, W/2^r1)
+            order1.append(average(u1_hat, r1))                                  # (B, C, L, h, w)
             paths = []
             for j2 in range(j1 + 1, self.J):
-                band = wavelets[j1][j2]                                          # (L, H/2^j1, W/2^j1)
-                u2 = torch.fft.ifft2(subsample(u1_hat[:, :, :, None] * band, 2 ** (j2 - j1))).abs()
-                paths.append(average(torch.fft.fft2(u2), j2))                   # (B, C, L, L, h, w)
+                band = wavelets[r1][j2]                                          # (L, H/2^r1, W/2^r1)
+                u2 = torch.fft.ifft2(subsample(u1_hat[:, :, :, None] * band, 2 ** (level(j2) - r1))).abs()
+                paths.append(average(torch.fft.fft2(u2), level(j2)))            # (B, C, L, L, h, w)
             if paths:   # kymatio's order: (j1, theta1, j2, theta2)
                 order2.append(torch.stack(paths, dim=3).flatten(2, 4))
         return torch.cat([order0, *order1, *order2], dim=2)
@@ -135,7 +143,8 @@ class ScatteringPatchStem(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         J = cfg.patch_size.bit_length() - 1                                   # a power of two (VisionConfig checks)
-        self.scattering = Scattering2d(cfg.height, cfg.image_size, J)
+        context = cfg.scattering_context
+        self.scattering = Scattering2d(cfg.height, cfg.image_size, J + context, oversample=context)
         channels = 2 * 3 * self.scattering.n_coefficients                      # each coefficient and its local max
         self.norm = nn.BatchNorm2d(channels, affine=False)
         self.proj = nn.Conv2d(channels, cfg.width, kernel_size=3, padding=1)
