@@ -360,9 +360,12 @@ def build_optimizer(model: VisionLanguageModel, tcfg: TrainConfig) -> torch.opti
 CALIBRATION_PICTURES = 512   # pictures that set a frozen encoder's unused batch norms (statistics to ~5%)
 
 
-def untouched_batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def untouched_batch_norms(module: nn.Module) -> list[nn.Module]:
     """The batch norms that have never seen data: running mean exactly 0 and variance exactly 1, as built."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    return [m for m in module.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats
             and not m.running_mean.any() and bool((m.running_var == 1).all())]
 
 
@@ -470,13 +473,13 @@ def train(tcfg: TrainConfig) -> dict:
         augmentation = Augmentation.flips_only() if tcfg.cache_vision else Augmentation()
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
                            max_pixels=tcfg.max_image_pixels, picture_keys=tcfg.cache_vision)
-    if "vision" in tcfg.freeze and not tcfg.resume:
-        pictures = list(dict.fromkeys(path for record in train_set.records for path in record["images"]))
-        calibrated = calibrate_batch_norms(model.vision, [train_set.picture(path).to(rt.device)
-                                                          for path in pictures[:CALIBRATION_PICTURES]])
+    if "vision" in tcfg.freeze and not tcfg.resume and untouched_batch_norms(model.vision):
+        paths = list(dict.fromkeys(path for record in train_set.records for path in record["images"]))
+        pictures = [train_set.picture(path).to(rt.device) for path in paths[:CALIBRATION_PICTURES]]
+        calibrated = calibrate_batch_norms(model.vision, pictures)
         if calibrated and rt.is_main:
             print(f"freeze=vision: {calibrated} batch norm(s) of the encoder took their statistics from "
-                  f"{min(len(pictures), CALIBRATION_PICTURES)} training pictures")
+                  f"{len(pictures)} training pictures")
     vision_cache = make_vision_cache(model, train_set, tcfg, rt) if tcfg.cache_vision else None
     val_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="val", max_pixels=tcfg.max_image_pixels)
 
