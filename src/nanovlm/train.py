@@ -65,7 +65,8 @@ class TrainConfig:
     lr_vision: float | None = None                # per-module learning rates (None -> lr)
     lr_projector: float | None = None
     lr_decoder: float | None = None
-    freeze: list = field(default_factory=list)    # modules kept fixed: any of vision, projector, decoder
+    freeze: list = field(default_factory=list)    # modules kept fixed: any of vision, projector, decoder (a frozen
+                                                  # vision encoder runs in inference mode: see train_mode)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1                     # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.01
