@@ -475,8 +475,7 @@ def train(tcfg: TrainConfig) -> dict:
     train_set = VLMDataset(tcfg.data, tokenizer, model_cfg, split="train", augmentation=augmentation, seed=tcfg.seed,
                            max_pixels=tcfg.max_image_pixels, picture_keys=tcfg.cache_vision)
     if "vision" in tcfg.freeze and not tcfg.resume and untouched_batch_norms(model.vision):
-        paths = list(dict.fromkeys(path for record in train_set.records for path in record["images"]))
-        pictures = [train_set.picture(path).to(rt.device) for path in paths[:CALIBRATION_PICTURES]]
+        pictures = [train_set.picture(path).to(rt.device) for path in train_set.picture_paths()[:CALIBRATION_PICTURES]]
         calibrated = calibrate_batch_norms(model.vision, pictures)
         if calibrated and rt.is_main:
             print(f"freeze=vision: {calibrated} batch norm(s) of the encoder took their statistics from "
@@ -609,7 +608,7 @@ def make_vision_cache(model: VisionLanguageModel, train_set: VLMDataset, tcfg: T
         values = (cfg.num_patches + int(cfg.use_cls)) * cfg.width
     else:
         values = model.vision.patch_stem.fixed(torch.zeros(1, 3, cfg.height, cfg.image_size, device=rt.device)).numel()
-    n_pictures = len({path for record in train_set.records for path in record["images"]})
+    n_pictures = len(train_set.picture_paths())
     size = check_cache_fits(n_pictures * (2 if tcfg.augment else 1), values)
     if rt.is_main:
         what = "encoder outputs" if kind == "vision_features" else "scattering coefficients"

@@ -93,6 +93,10 @@ class VLMDataset(Dataset):
             sample["picture_keys"] = [path + FLIPPED * flip for path in record["images"]]
         return sample
 
+    def picture_paths(self) -> list[str]:
+        """Every distinct picture of the split, in the order the records first name them."""
+        return list(dict.fromkeys(path for record in self.records for path in record["images"]))
+
     def picture(self, key: str) -> torch.Tensor:
         """One picture named by a picture key, decoded as __getitem__ would: (3, H, W)."""
         path, flipped = key.removesuffix(FLIPPED), key.endswith(FLIPPED)
