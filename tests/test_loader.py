@@ -110,3 +110,35 @@ def test_epoch_sampler_shards_resumes_and_reshuffles():
     assert [next(resumed) for _ in range(28)] == first_two_epochs[12:40]
     ranks = [EpochSampler(21, batch_size=2, seed=0, rank=r, world_size=2).epoch_indices(0) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 10 and not set(ranks[0]) & set(ranks[1])
+
+
+def test_grouping_by_length_keeps_every_sample_and_cuts_the_padding():
+    lengths = [random.Random(i).randint(10, 200) for i in range(1000)]
+    plain = EpochSampler(1000, batch_size=8, seed=0)
+    grouped = EpochSampler(1000, batch_size=8, seed=0, lengths=lengths)
+
+    def padded_positions(order):        # what the steps compute: every batch padded to its longest sample
+        return sum(8 * max(lengths[i] for i in order[b:b + 8]) for b in range(0, len(order), 8))
+    for epoch in (0, 1):
+        order = grouped.epoch_indices(epoch)
+        assert sorted(order) == sorted(plain.epoch_indices(epoch))      # the same samples, each once
+        assert padded_positions(order) < 0.8 * padded_positions(plain.epoch_indices(epoch))
+    assert grouped.epoch_indices(0) != grouped.epoch_indices(1)
+    assert grouped.epoch_indices(0) == EpochSampler(1000, batch_size=8, seed=0, lengths=lengths).epoch_indices(0)
+    # the batches come in random order, not shortest first
+    order = grouped.epoch_indices(0)
+    longest = [max(lengths[i] for i in order[b:b + 8]) for b in range(0, len(order), 8)]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    it = iter(grouped)
+    first = [next(it) for _ in range(1000 // 8 * 8 + 40)]
+    resumed = iter(EpochSampler(1000, batch_size=8, seed=0, lengths=lengths, start_batch=5))
+    assert [next(resumed) for _ in range(len(first) - 40)] == first[40:]
+    assert EpochSampler(1000, batch_size=8, shuffle=False, lengths=lengths).epoch_indices(0) == list(range(1000))
+    with pytest.raises(ValueError, match="lengths has 3 entries for 1000"):
+        EpochSampler(1000, batch_size=8, lengths=[1, 2, 3])
+
+
+def test_dataset_lengths_are_the_samples_lengths(scenes, tokenizer):
+    cfg = tokenizer.configure(tiny_config())
+    ds = VLMDataset(scenes, tokenizer, cfg, split="train")
+    assert ds.lengths() == [len(ds[(i, 0)]["input_ids"]) for i in range(len(ds))]

@@ -105,6 +105,8 @@ class TrainConfig:
     # encoder (no backward pass through them). None = every block trains.
     stem_trainable_blocks: int | None = None
     pack: bool = False                            # several short samples per row (block-diagonal attention)
+    # Batches of samples of similar length (in random order): less padding, cheaper steps when lengths vary
+    group_by_length: bool = False
     # Keep what the vision encoder computes the same way at every visit of a picture (nanovlm.vision_cache): its
     # outputs with freeze=vision, or the scattering stem's wavelet coefficients; augmentation is then limited to
     # mirror flips (a mirrored picture is a second entry).
@@ -407,7 +409,7 @@ def make_loader(dataset: VLMDataset, tcfg: TrainConfig, rt: Runtime, pad_id: int
                 skip_batches: int = 0) -> tuple[DataLoader, EpochSampler]:
     """skip_batches: micro-batches already trained on (exact resume starts right after them)."""
     sampler = EpochSampler(len(dataset), tcfg.batch_size, seed=tcfg.seed, rank=rt.rank, world_size=rt.world_size,
-                           shuffle=shuffle)
+                           shuffle=shuffle, lengths=dataset.lengths() if tcfg.group_by_length and shuffle else None)
     sampler.start_epoch, sampler.start_batch = divmod(skip_batches, sampler.batches_per_epoch())
     loader = DataLoader(dataset, batch_size=tcfg.batch_size, sampler=sampler, num_workers=tcfg.num_workers,
                         collate_fn=partial(collate_packed, pad_token_id=pad_id, max_len=dataset.max_len) if tcfg.pack
