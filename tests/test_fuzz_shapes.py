@@ -38,8 +38,8 @@ def dataset(tmp_path_factory):
     (["--questions", "size"], "questions must be all or"),
     (["--questions", ","], "questions must be all or"),
     (["--questions", "relation", "--objects", "1"], "relation questions need pictures of at least two things"),
-    (["--per-thing", "all"], "per_thing must be one of one, both"),
-    (["--per-thing", ""], "per_thing must be one of one, both"),
+    (["--per-thing", "all"], "per_thing must be one of one, both, apart"),
+    (["--per-thing", ""], "per_thing must be one of one, both, apart"),
 ])
 def test_bad_shapes_arguments(capsys, tmp_path, args, message):
     code, _, err = run_cli(capsys, "data", "shapes", "--out", tmp_path / "d", *args)

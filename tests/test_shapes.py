@@ -171,6 +171,29 @@ def test_per_thing_both_asks_shape_and_colour_of_every_object(tmp_path):
         assert sorted(t["assistant"] for t in record["texts"]) == sorted([thing["shape"], thing["color"]])
 
 
+def test_per_thing_apart_asks_both_in_two_conversations_that_never_name_an_answer(tmp_path):
+    make_shapes(tmp_path, n=60, image_size=32, seed=2, progress=False, per_thing="apart")
+    both = tmp_path / "both"
+    make_shapes(both, n=60, image_size=32, seed=2, progress=False, per_thing="both")
+    records, asked_both = fmt.read_records(tmp_path), fmt.read_records(both)
+    assert len(records) == 2 * len(asked_both)                        # two conversations per picture
+    for first, second, same in zip(records[::2], records[1::2], asked_both):
+        assert first["id"] == same["id"] + "-a" and second["id"] == same["id"] + "-b"
+        assert first["images"] == second["images"] == same["images"] and first["split"] == second["split"]
+        # the same questions as "both", each once
+        assert sorted(map(str, first["texts"] + second["texts"])) == sorted(map(str, same["texts"]))
+        assert [q["type"] for q in first["meta"]["questions"]][:1] == ["count"]
+        assert {q["type"] for q in first["meta"]["questions"][1:]} <= {"color"}
+        assert {q["type"] for q in second["meta"]["questions"][:-1]} <= {"shape"}
+        for record in (first, second):
+            said = ""
+            for turn in record["texts"]:
+                assert f" {turn['assistant']} " not in said, (record["id"], turn)   # nothing to copy
+                said += f" {turn['user'].rstrip('?')} {turn['assistant']} "
+    # the pictures are those of the other modes
+    assert (tmp_path / records[0]["images"][0]).read_bytes() == (both / records[0]["images"][0]).read_bytes()
+
+
 def test_scorer_reports_each_attribute_and_heldout_combinations():
     scorer = get_scorer("shapes")
     items = [Item(id=str(k), images=[], question="q", reference=ref, meta={"type": t, "heldout_combo": h})

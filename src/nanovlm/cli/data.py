@@ -33,9 +33,10 @@ def register(sub, groups):
     p.add_argument("--questions", default="all", help="question kinds to ask: all, or a comma-separated list of "
                    "shape, color, count, relation")
     p.add_argument("--per-thing", default="one", help="questions about each thing: one (its shape or its colour, "
-                   "drawn at random) or both (its shape and its colour in the same conversation: the max read-out "
-                   "then teaches a from-scratch encoder both; but the first of the two questions names the "
-                   "second's answer, so one question per thing is the better data for the decoder)")
+                   "drawn at random), both (its shape and its colour in the same conversation: twice the answers "
+                   "per picture, but the first of a thing's two questions names the second's answer, which can "
+                   "then be copied instead of read from the picture) or apart (its shape and its colour, in two "
+                   "conversations about the picture that never name each other's answers)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     add_overwrite(p, "an existing dataset in OUT")
     p.set_defaults(func=run_shapes)

@@ -36,7 +36,7 @@ SILHOUETTES = ("house", "tree", "sun", "car", "cat", "dog", "flower", "boat")
 ALL_SHAPES = GEOMETRIC + SILHOUETTES
 SHAPE_SETS = {"all": ALL_SHAPES, "geometric": GEOMETRIC, "silhouettes": SILHOUETTES}
 ALL_COLORS = tuple(COLORS)
-PER_THING = ("one", "both")          # questions about each thing: its shape or its colour, or both
+PER_THING = ("one", "both", "apart")  # about each thing: its shape or its colour; both; both, in two conversations
 PLURALS = {"cross": "crosses", "sun": "suns"}
 
 MIN_RADIUS, MAX_RADIUS = 0.11, 0.20   # a shape's bounding circle, as a fraction of the image side
@@ -238,7 +238,7 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES, pe
     questions = []
     for obj in objects:
         drawn = rng.choice(("shape", "color"))      # drawn in both modes, so "both" keeps every later draw of "one"
-        for kind in (drawn,) if per_thing == "one" else ("shape", "color"):
+        for kind in (drawn,) if per_thing == "one" else ("shape", "color"):      # "apart" asks as "both"
             template = rng.choice(QUESTION_TEMPLATES[kind])
             answer = obj["shape"] if kind == "shape" else obj["color"]
             questions.append({"user": template.format(color=obj["color"], shape=obj["shape"]), "assistant": answer,
@@ -257,11 +257,22 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES, pe
 # -----------------------------------------------------------------------------
 # the dataset
 
-def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES, heldout: bool = False,
-                       id_digits: int = 6, objects: tuple[int, int] = (1, MAX_OBJECTS),
-                       kinds=ATTRIBUTES, per_thing: str = "one") -> tuple[dict, Image.Image]:
-    """One record (without its split) and its picture; depends only on the arguments. A picture left without a
-    question of the asked kinds (a relation is not asked when the centres are too close) is drawn again."""
+def conversations_apart(questions: list[dict]) -> list[list[dict]]:
+    """per_thing="apart": every thing's shape and colour asked, as with "both", but in two conversations about the
+    same picture, so that no answer is named by an earlier turn: first the count, then each thing's colour (asked
+    by its shape); then each thing's shape (asked by its colour), then the relation (last: it names things by
+    either attribute). With "both", half the answers can be copied from the conversation instead of read from the
+    picture (docs/form.md, twelfth round)."""
+    by_type = {kind: [q for q in questions if q["type"] == kind] for kind in ("count", "color", "shape", "relation")}
+    return [c for c in (by_type["count"] + by_type["color"], by_type["shape"] + by_type["relation"]) if c]
+
+
+def make_shapes_records(index: int, seed: int, image_size: int, shapes=ALL_SHAPES, heldout: bool = False,
+                        id_digits: int = 6, objects: tuple[int, int] = (1, MAX_OBJECTS),
+                        kinds=ATTRIBUTES, per_thing: str = "one") -> tuple[list[dict], Image.Image]:
+    """A picture's records (one; two with per_thing="apart", ids ending in -a and -b; without their split) and
+    the picture; depends only on the arguments. A picture left without a question of the asked kinds (a relation
+    is not asked when the centres are too close) is drawn again."""
     for attempt in range(100):
         rng = random.Random(f"shapes/{seed}/{index}" + (f"/{attempt}" if attempt else ""))
         picture = plan_shapes(rng, shapes, heldout=heldout, objects_range=objects)
@@ -271,14 +282,19 @@ def make_shapes_record(index: int, seed: int, image_size: int, shapes=ALL_SHAPES
     else:
         raise ConfigError(f"no picture with a question of the kinds {', '.join(kinds)} in 100 draws")
     image = render_shapes(picture, image_size)
-    record_id = f"shapes-{index:0{id_digits}d}"
-    meta = {"style": "shapes", "background": list(picture["background"]),
-            "objects": [{k: o[k] for k in ("shape", "color", "x", "y", "radius", "angle", "heldout_combo")}
-                        for o in picture["objects"]],
-            "questions": [{"type": q["type"], "heldout_combo": q["heldout_combo"]} for q in questions]}
-    record = {"id": record_id, "images": [f"images/{record_id}.png"],
-              "texts": [{"user": q["user"], "assistant": q["assistant"]} for q in questions], "meta": meta}
-    return record, image
+    picture_id = f"shapes-{index:0{id_digits}d}"
+    objects_meta = [{k: o[k] for k in ("shape", "color", "x", "y", "radius", "angle", "heldout_combo")}
+                    for o in picture["objects"]]
+    conversations = conversations_apart(questions) if per_thing == "apart" else [questions]
+    records = []
+    for number, conversation in enumerate(conversations):
+        meta = {"style": "shapes", "background": list(picture["background"]), "objects": objects_meta,
+                "questions": [{"type": q["type"], "heldout_combo": q["heldout_combo"]} for q in conversation]}
+        records.append({"id": picture_id + (f"-{'ab'[number]}" if per_thing == "apart" else ""),
+                        "images": [f"images/{picture_id}.png"],
+                        "texts": [{"user": q["user"], "assistant": q["assistant"]} for q in conversation],
+                        "meta": meta})
+    return records, image
 
 
 def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", fractions=(0.8, 0.1, 0.1),
@@ -289,7 +305,8 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     objects ("1-3", "1", "2-3"): how many things a picture shows; questions ("all" or e.g. "shape,color"): the
     kinds asked. Together they isolate one skill, e.g. objects="1", questions="shape" is plain shape naming,
     objects="2-3", questions="color" is binding (finding a thing by its shape to report its colour).
-    per_thing: "one" question per thing (its shape or its colour) or "both" (ask_shapes_questions says why)."""
+    per_thing: "one" question per thing (its shape or its colour), "both" (ask_shapes_questions says why) or
+    "apart" (both, in two conversations: conversations_apart says why); n counts pictures, not records."""
     shapes = check_shapes(shapes)
     objects, questions = check_objects(objects), check_question_kinds(questions)
     if per_thing not in PER_THING:
@@ -312,12 +329,14 @@ def make_shapes(out, n: int, image_size: int = 64, seed: int = 0, shapes="all", 
     start = time.perf_counter()
     for index in progress_bar(range(n), desc=f"shapes ({image_size}px)", unit="img", enabled=progress):
         split = assign_split(f"shapes-{index:0{digits}d}", seed, fractions)
-        record, image = make_shapes_record(index, seed, image_size, shapes, heldout=split == "test", id_digits=digits,
-                                           objects=objects, kinds=questions, per_thing=per_thing)
-        image.save(out / record["images"][0], format="PNG")
-        record["split"] = split
+        pictures_records, image = make_shapes_records(index, seed, image_size, shapes, heldout=split == "test",
+                                                      id_digits=digits, objects=objects, kinds=questions,
+                                                      per_thing=per_thing)
+        image.save(out / pictures_records[0]["images"][0], format="PNG")
+        for record in pictures_records:
+            record["split"] = split
         splits[split] += 1
-        records.append(record)
+        records += pictures_records
     write_records(out, records)
     seconds = time.perf_counter() - start
     return {"out": str(out), "n": n, "image_size": image_size, "seed": seed, "shapes": list(shapes),
