@@ -111,3 +111,21 @@ def test_a_saved_scattering_model_loads_and_gives_the_same_numbers(tmp_path):
     model.save_pretrained(tmp_path / "model")
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "model").eval()
     torch.testing.assert_close(loaded.vision(images), model.vision(images))
+
+
+def test_demo_scattering_preset_is_the_measured_model_and_recipe():
+    # docs/form.md's twelfth round measured `--preset demo` with these overrides and options: the preset and its
+    # recipe must be that model and that training, so the figures carry over
+    overrides = {**SCATTERING, "vision.n_layer": 0, "projector.shuffle_factor": 1, "decoder.n_layer": 4,
+                 "decoder.qk_norm": 10.0}
+    models = []
+    for cfg in (from_name("demo-scattering"), from_name("demo", overrides)):
+        torch.manual_seed(0)
+        models.append(VisionLanguageModel(cfg))
+    preset, measured = (m.state_dict() for m in models)
+    assert preset.keys() == measured.keys() and all(torch.equal(preset[k], measured[k]) for k in preset)
+    recipe = TrainConfig.from_options({"preset": "demo-scattering"})
+    assert (recipe.freeze, recipe.cache_vision, recipe.augment, recipe.lr, recipe.steps) == (["vision"], True, False,
+                                                                                            2e-3, 2600)
+    assert recipe.group_by_length and recipe.lr_projector is None and recipe.lr_vision is None
+    assert check_cache_vision(models[0].cfg.vision, recipe) == "vision_features"   # the whole encoder is cached

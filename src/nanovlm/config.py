@@ -501,6 +501,19 @@ PRESETS["demo-effnet"] = _variant(
 )
 
 
+# The demo decoder reading form without pretraining: the scattering transform's fixed wavelets (edges, their
+# orientations and arrangement, nothing learned), a batch norm and a fixed random 3 x 3 conv to 128 channels,
+# 64 tokens with a fixed 2-D position table, no pixel shuffle, and a four-layer decoder with cosine attention (three
+# layers find a thing by its shape later than four: docs/form.md, tenth round). Its training recipe
+# (nanovlm.train.PRESET_RECIPES) freezes the stem and caches it; on `nanovlm data shapes --per-thing both` it
+# names the shape and the colour of held-out things (docs/form.md, twelfth round).
+PRESETS["demo-scattering"] = _variant(
+    PRESETS["demo"], "demo-scattering",
+    vision=dict(patch_stem="scattering", n_layer=0, use_cls=False, position="sincos"),
+    projector=dict(shuffle_factor=1),
+    decoder=dict(n_layer=4, qk_norm=10.0),
+)
+
 # The paper's Table 2: share of parameters in ViT / projector / decoder, for `nanovlm info`.
 PAPER_TABLE2 = {
     "mini": {"params": 5e6, "vision": 0.69, "projector": 0.14, "decoder": 0.17},
