@@ -182,8 +182,7 @@ def test_per_thing_apart_asks_both_in_two_conversations_that_never_name_an_answe
         assert first["images"] == second["images"] == same["images"] and first["split"] == second["split"]
         # the same questions as "both", each once
         assert sorted(map(str, first["texts"] + second["texts"])) == sorted(map(str, same["texts"]))
-        assert [q["type"] for q in first["meta"]["questions"]][:1] == ["count"]
-        assert {q["type"] for q in first["meta"]["questions"][1:]} <= {"color"}
+        assert {q["type"] for q in first["meta"]["questions"]} <= {"color", "count"}
         assert {q["type"] for q in second["meta"]["questions"][:-1]} <= {"shape"}
         for record in (first, second):
             said = ""

@@ -259,12 +259,13 @@ def ask_shapes_questions(picture: dict, rng: random.Random, kinds=ATTRIBUTES, pe
 
 def conversations_apart(questions: list[dict]) -> list[list[dict]]:
     """per_thing="apart": every thing's shape and colour asked, as with "both", but in two conversations about the
-    same picture, so that no answer is named by an earlier turn: first the count, then each thing's colour (asked
-    by its shape); then each thing's shape (asked by its colour), then the relation (last: it names things by
-    either attribute). With "both", half the answers can be copied from the conversation instead of read from the
-    picture (docs/form.md, twelfth round)."""
-    by_type = {kind: [q for q in questions if q["type"] == kind] for kind in ("count", "color", "shape", "relation")}
-    return [c for c in (by_type["count"] + by_type["color"], by_type["shape"] + by_type["relation"]) if c]
+    same picture, so that no answer is named by an earlier turn: each thing's colour (asked by its shape) and the
+    count, in the order drawn; then each thing's shape (asked by its colour), in the order drawn, and the relation
+    last (it names things by either attribute). With "both", half the answers can be copied from the conversation
+    instead of read from the picture (docs/form.md, twelfth round)."""
+    colours = [q for q in questions if q["type"] in ("color", "count")]
+    shapes = [q for q in questions if q["type"] == "shape"] + [q for q in questions if q["type"] == "relation"]
+    return [c for c in (colours, shapes) if c]
 
 
 def make_shapes_records(index: int, seed: int, image_size: int, shapes=ALL_SHAPES, heldout: bool = False,
