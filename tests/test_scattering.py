@@ -127,5 +127,5 @@ def test_demo_scattering_preset_is_the_measured_model_and_recipe():
     recipe = TrainConfig.from_options({"preset": "demo-scattering"})
     assert (recipe.freeze, recipe.cache_vision, recipe.augment, recipe.lr, recipe.steps) == (["vision"], True, False,
                                                                                             2e-3, 2600)
-    assert recipe.group_by_length and recipe.lr_projector is None and recipe.lr_vision is None
+    assert not recipe.group_by_length and recipe.lr_projector is None and recipe.lr_vision is None
     assert check_cache_vision(models[0].cfg.vision, recipe) == "vision_features"   # the whole encoder is cached

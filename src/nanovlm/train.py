@@ -197,9 +197,10 @@ PRESET_RECIPES: dict[str, dict] = {
     "documents": {"steps": 2400, "batch_size": 16, "lr": 2e-3, "warmup_steps": 100, "augment": False,
                   "split_digits": True, "eval_every": 250},
     # The scattering stem is fixed wavelets: frozen (its batch norm takes the statistics of 512 pictures) and
-    # computed once per picture; no augmentation (the measured runs had none); batches grouped by length.
+    # computed once per picture; no augmentation (the measured runs had none). Not grouped by length: one pair of
+    # runs learned less with it (docs/form.md, twelfth round).
     "demo-scattering": {"steps": 2600, "lr": 2e-3, "freeze": ["vision"], "cache_vision": True,
-                        "augment": False, "group_by_length": True, "eval_every": 250},
+                        "augment": False, "eval_every": 250},
 }
 
 
