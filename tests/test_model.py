@@ -140,8 +140,97 @@ def _qk_norm_llama():
     return cfg
 
 
-CONFIGS = [tiny_config, _small_llama, _qk_norm_gpt, _qk_norm_llama]
-CONFIG_IDS = ["gpt", "llama", "gpt-qk-norm", "llama-qk-norm"]
+def _held_gpt():
+    return tiny_config(**{"decoder.qk_norm": 10.0, "decoder.hold_image_tokens": True})
+
+
+def _held_llama():
+    cfg = _small_llama()
+    cfg.decoder.hold_image_tokens = True
+    return cfg
+
+
+CONFIGS = [tiny_config, _small_llama, _qk_norm_gpt, _qk_norm_llama, _held_gpt, _held_llama]
+CONFIG_IDS = ["gpt", "llama", "gpt-qk-norm", "llama-qk-norm", "gpt-held-images", "llama-held-images"]
+
+
+def _decoder_holding_by_hand(decoder, x, position_ids, held, mask=None):
+    """The spec of DecoderConfig.hold_image_tokens, spelled out: every block runs on every position as usual, then
+    the held positions get their input back (so later blocks read their keys and values from the input)."""
+    from nanovlm.model.layers import rope_cos_sin
+    rope = None
+    if decoder.pos_emb is not None:
+        x = x + decoder.pos_emb(position_ids)
+    else:
+        rope = rope_cos_sin(position_ids, decoder.cfg.head_dim, decoder.cfg.rope_theta, x.dtype)
+    for block in decoder.blocks:
+        x = torch.where(held[..., None], x, block(x, rope=rope, mask=mask))
+    return decoder.norm(x)
+
+
+@pytest.mark.parametrize("make_cfg", [_held_gpt, _held_llama], ids=["gpt", "llama-gqa"])
+@pytest.mark.parametrize("layout", ["prefix", "scattered", "uneven", "left-padded"])
+def test_held_image_tokens_lend_keys_and_values_but_keep_their_input(make_cfg, layout):
+    """The decoder's fast path (queries, attention output and MLP for the rewritten positions only) gives the
+    numbers and the gradients of running every block on every position and putting the held ones back."""
+    from nanovlm.model.vlm import prefill_mask
+    torch.manual_seed(0)
+    cfg = make_cfg()
+    decoder = VisionLanguageModel(cfg).decoder
+    with torch.no_grad():                            # weights far from their small start, so every block matters
+        for p in decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    B, T, C = 3, 14, cfg.decoder.n_embd
+    held = torch.zeros(B, T, dtype=torch.bool)
+    mask = None
+    if layout == "prefix":
+        held[:, :5] = True
+    elif layout == "scattered":                      # the same count per row, at different places
+        for row, start in enumerate((0, 3, 6)):
+            held[row, start:start + 4] = True
+    elif layout == "uneven":                         # different counts per row: the slower path
+        held[0, :2], held[1, 4:9], held[2, 7] = True, True, True
+    else:                                            # left padding before the image, as generate() batches prompts
+        attention = torch.ones(B, T, dtype=torch.long)
+        attention[1, :3], attention[2, :6] = 0, 0
+        for row, pad in enumerate((0, 3, 6)):
+            held[row, pad:pad + 4] = True
+        mask = prefill_mask(attention)
+    position_ids = torch.arange(T).expand(B, T)
+    x = torch.randn(B, T, C, requires_grad=True)
+    fast = decoder(x, position_ids, mask=mask, return_hidden=True, held=held)
+    by_hand = _decoder_holding_by_hand(decoder, x, position_ids, held, mask)
+    torch.testing.assert_close(fast, by_hand, atol=1e-5, rtol=1e-5)
+    # the held positions are the input, normalised; the others differ from a decoder that rewrites everything
+    inputs = x + decoder.pos_emb(position_ids) if decoder.pos_emb is not None else x
+    torch.testing.assert_close(fast[held], decoder.norm(inputs)[held], atol=1e-5, rtol=1e-5)
+    rewriting_all = decoder(x, position_ids, mask=mask, return_hidden=True)
+    assert not torch.allclose(fast[~held], rewriting_all[~held], atol=1e-3)
+    weights = list(decoder.parameters())
+    fast_grads = torch.autograd.grad(fast[~held].square().sum(), [x] + weights, allow_unused=True)
+    hand_grads = torch.autograd.grad(by_hand[~held].square().sum(), [x] + weights, allow_unused=True)
+    for a, b in zip(fast_grads, hand_grads):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_held_image_tokens_through_the_model_and_a_training_step():
+    """VisionLanguageModel holds exactly its image placeholders (not the text), and a training step through the fast
+    path reaches every trainable part: projector, vision encoder, decoder."""
+    cfg = _held_gpt()
+    model = VisionLanguageModel(cfg)
+    ids, images = _batch(cfg, B=2)
+    assert torch.equal(model.held_positions(ids), ids == cfg.image_token_id)
+    labels = ids.clone()
+    labels[ids == cfg.image_token_id] = -100
+    _, loss = model(ids, images, labels=labels, return_logits=False)
+    loss.backward()
+    for part in (model.projector, model.vision, model.decoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), part
+    plain = VisionLanguageModel(tiny_config(**{"decoder.qk_norm": 10.0}))
+    plain.load_state_dict(model.state_dict())
+    assert plain.held_positions(ids) is None
+    assert not torch.allclose(plain(ids, images)[0], model(ids, images)[0], atol=1e-4)
 
 
 @pytest.mark.parametrize("make_cfg", CONFIGS, ids=CONFIG_IDS)

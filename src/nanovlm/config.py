@@ -281,6 +281,11 @@ class DecoderConfig:
     # this value; 0: plain scaled dot-product. A from-scratch decoder learns to look AT one image token only with it
     # (README, "Sixth round": binding on the shapes data); pretrained LMs were trained without it.
     qk_norm: float = 0.0
+    # true: the image tokens are read, never rewritten. Every layer's attention reads their keys and values, but their
+    # own hidden states stay what the projector made (no attention query, no MLP at those positions), as the
+    # encoder's output in an encoder-decoder. A step then costs what the text costs plus two products per image
+    # token and layer: with 64 image tokens before ~50 words, about half (README, "Benchmarks").
+    hold_image_tokens: bool = False
 
     def __post_init__(self):
         _check_choice("decoder.flavour", self.flavour, ("gpt", "llama"))

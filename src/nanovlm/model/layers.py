@@ -189,14 +189,23 @@ class Attention(nn.Module):
         self.qk_temperature = nn.Parameter(torch.full((n_head,), float(qk_norm))) if qk_norm else None
 
     def forward(self, x, causal: bool, rope=None, mask=None, cache: KVCache | None = None, cache_start: int = 0,
-                packed: dict | None = None):
+                packed: dict | None = None, queries: torch.Tensor | None = None):
+        """queries: None (every position asks), or the positions (B, Tq) that ask, each row ascending; then every
+        position still gives its key and value, the output is (B, Tq, dim), and mask must be given as (B, 1, Tq, T)
+        (the decoder's held image tokens: DecoderConfig.hold_image_tokens)."""
         B, T, _ = x.shape
-        q, k, v = fused_linear(self, (self.q, self.k, self.v), x, packed)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)                               # (B, H, T, D)
+        if queries is None:
+            q, k, v = fused_linear(self, (self.q, self.k, self.v), x, packed)
+        else:
+            q = linear(self.q, gather_positions(x, queries), packed)
+            k, v = linear(self.k, x, packed), linear(self.v, x, packed)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.n_head, self.head_dim).transpose(1, 2)                              # (B, H, Tq, D)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)                            # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            rope_q = rope if queries is None else tuple(gather_positions(t, queries, dim=2) for t in rope)
+            q, k = apply_rope(q, *rope_q), apply_rope(k, *rope)
         if self.qk_temperature is not None:
             # scaled_dot_product_attention divides by sqrt(head_dim): multiply it back, score = temperature x cosine
             scale = self.qk_temperature.view(1, -1, 1, 1) * self.head_dim ** 0.5
@@ -206,11 +215,12 @@ class Attention(nn.Module):
         # An explicit mask (padding and/or cache offset) already encodes causality; otherwise use the fast path.
         # is_causal aligns its mask to the top-left corner, which is right only when this call's queries start at
         # key 0; one new query after the cache (decoding) may see every key, so it needs no mask at all.
+        assert queries is None or mask is not None, "a subset of queries needs its explicit mask"
         is_causal = causal and mask is None and T > 1
         assert not (is_causal and cache_start), "queries after cached keys need an explicit mask"
         dropout_p = self.dropout if self.training else 0.0
         group = self.n_head // self.n_kv_head       # grouped-query attention: query heads per key/value head
-        if T == 1 and group > 1:
+        if Tq == 1 and group > 1:
             # One query per head (decoding): the `group` query heads that share a key/value head become `group`
             # query rows of that head, exactly the same attention in n_kv_head heads (a (B, 1, 1, S) padding mask
             # broadcasts over the rows). Measured on CPU in bf16: ~3x faster per call than enable_gqa,
@@ -224,8 +234,16 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(upcast(q), upcast(k), upcast(v), attn_mask=mask,
                                                    is_causal=is_causal, dropout_p=dropout_p,
                                                    enable_gqa=group > 1).to(v.dtype)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)           # (B, T, H*D)
+        y = y.transpose(1, 2).reshape(B, Tq, self.n_head * self.head_dim)          # (B, Tq, H*D)
         return self.resid_dropout(linear(self.out, y, packed))
+
+
+def gather_positions(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """x's entries at the positions index (B, K) along dim (x: (B, T, C) for dim 1, (B, H, T, D) for dim 2)."""
+    shape = [index.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = index.shape[1]
+    expanded = index.view(shape).expand(*[s if i == dim else x.shape[i] for i, s in enumerate(shape)])
+    return x.gather(dim, expanded)
 
 
 # Which Linear layers of a module read the same input and can be fused by pack_linear_weights.

@@ -124,7 +124,7 @@ class VisionLanguageModel(nn.Module):
         else:
             position_ids = positions_from_mask(attention_mask)
             mask = prefill_mask(attention_mask)
-        hidden = self.decoder(x, position_ids, mask=mask, return_hidden=True)  # (B, T, C)
+        hidden = self.decoder(x, position_ids, mask=mask, return_hidden=True, held=self.held_positions(input_ids))
         logits = self.decoder.lm_head(hidden) if return_logits or labels is None else None
         loss = None
         if labels is not None:
@@ -132,6 +132,10 @@ class VisionLanguageModel(nn.Module):
             target_logits = logits[has_target] if logits is not None else self.decoder.lm_head(hidden[has_target])
             loss = F.cross_entropy(target_logits.float(), labels[has_target])   # fp32 softmax over the vocabulary
         return logits, loss
+
+    def held_positions(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The positions the decoder must not rewrite: the image tokens when decoder.hold_image_tokens, else None."""
+        return input_ids == self.cfg.image_token_id if self.cfg.decoder.hold_image_tokens else None
 
     # ---------------------------------------------------------------- generation
 
@@ -199,7 +203,7 @@ class VisionLanguageModel(nn.Module):
         positions = positions_from_mask(attention_mask)                              # (B, T)
         logits = self.decoder(self.embed(input_ids, images, packed_weights), positions, caches=caches,
                               mask=prefill_mask(attention_mask) if padded else None, last_only=True,
-                              packed=packed_weights)[:, -1]
+                              packed=packed_weights, held=self.held_positions(input_ids))[:, -1]
         next_position = positions[:, -1:] + 1                                        # (B, 1)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
