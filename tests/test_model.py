@@ -147,6 +147,7 @@ def _held_gpt():
 def _held_llama():
     cfg = _small_llama()
     cfg.decoder.hold_image_tokens = True
+    cfg.decoder.rewritten_image_layers = 1        # the first of its two layers rewrites them
     return cfg
 
 
@@ -154,7 +155,7 @@ CONFIGS = [tiny_config, _small_llama, _qk_norm_gpt, _qk_norm_llama, _held_gpt, _
 CONFIG_IDS = ["gpt", "llama", "gpt-qk-norm", "llama-qk-norm", "gpt-held-images", "llama-held-images"]
 
 
-def _decoder_holding_by_hand(decoder, x, position_ids, held, mask=None):
+def _decoder_holding_by_hand(decoder, x, position_ids, held, mask=None, rewritten_layers=0):
     """The spec of DecoderConfig.hold_image_tokens, spelled out: every block runs on every position as usual, then
     the held positions get their input back (so later blocks read their keys and values from the input)."""
     from nanovlm.model.layers import rope_cos_sin
@@ -163,8 +164,9 @@ def _decoder_holding_by_hand(decoder, x, position_ids, held, mask=None):
         x = x + decoder.pos_emb(position_ids)
     else:
         rope = rope_cos_sin(position_ids, decoder.cfg.head_dim, decoder.cfg.rope_theta, x.dtype)
-    for block in decoder.blocks:
-        x = torch.where(held[..., None], x, block(x, rope=rope, mask=mask))
+    for i, block in enumerate(decoder.blocks):
+        out = block(x, rope=rope, mask=mask)
+        x = out if i < rewritten_layers else torch.where(held[..., None], x, out)
     return decoder.norm(x)
 
 
@@ -176,6 +178,7 @@ def test_held_image_tokens_lend_keys_and_values_but_keep_their_input(make_cfg, l
     from nanovlm.model.vlm import prefill_mask
     torch.manual_seed(0)
     cfg = make_cfg()
+    cfg.decoder.rewritten_image_layers = 0
     decoder = VisionLanguageModel(cfg).decoder
     with torch.no_grad():                            # weights far from their small start, so every block matters
         for p in decoder.parameters():
@@ -206,6 +209,13 @@ def test_held_image_tokens_lend_keys_and_values_but_keep_their_input(make_cfg, l
     torch.testing.assert_close(fast[held], decoder.norm(inputs)[held], atol=1e-5, rtol=1e-5)
     rewriting_all = decoder(x, position_ids, mask=mask, return_hidden=True)
     assert not torch.allclose(fast[~held], rewriting_all[~held], atol=1e-3)
+    # the first layer rewriting them, the later ones holding what it made
+    decoder.cfg.rewritten_image_layers = 1
+    one_rewrite = decoder(x, position_ids, mask=mask, return_hidden=True, held=held)
+    torch.testing.assert_close(one_rewrite, _decoder_holding_by_hand(decoder, x, position_ids, held, mask, 1),
+                               atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(one_rewrite[held], fast[held], atol=1e-3)
+    decoder.cfg.rewritten_image_layers = 0
     weights = list(decoder.parameters())
     fast_grads = torch.autograd.grad(fast[~held].square().sum(), [x] + weights, allow_unused=True)
     hand_grads = torch.autograd.grad(by_hand[~held].square().sum(), [x] + weights, allow_unused=True)

@@ -286,6 +286,8 @@ class DecoderConfig:
     # encoder's output in an encoder-decoder. A step then costs what the text costs plus two products per image
     # token and layer: with 64 image tokens before ~50 words, about half (README, "Benchmarks").
     hold_image_tokens: bool = False
+    # with hold_image_tokens: the first N layers still rewrite the image tokens, the later ones read what they made.
+    rewritten_image_layers: int = 0
 
     def __post_init__(self):
         _check_choice("decoder.flavour", self.flavour, ("gpt", "llama"))
@@ -297,6 +299,11 @@ class DecoderConfig:
         _check(0 <= self.dropout < 1, f"decoder.dropout must be in [0, 1), got {self.dropout}")
         _check(self.rope_theta > 0 and self.norm_eps > 0, "decoder.rope_theta and norm_eps must be > 0")
         _check(0 <= self.qk_norm <= 1000, f"decoder.qk_norm must be in [0, 1000] (0 = off), got {self.qk_norm}")
+        if self.rewritten_image_layers:
+            _check(self.hold_image_tokens, "decoder.rewritten_image_layers applies with decoder.hold_image_tokens=true")
+            _check(0 <= self.rewritten_image_layers < self.n_layer,
+                   f"decoder.rewritten_image_layers must be in 0..{self.n_layer - 1} (decoder.n_layer - 1: the later "
+                   f"layers hold the image tokens), got {self.rewritten_image_layers}")
         gpt = self.flavour == "gpt"
         defaults = dict(position_embedding="learned" if gpt else "rope", norm="layernorm" if gpt else "rmsnorm",
                         mlp="gelu" if gpt else "swiglu", bias=gpt)

@@ -58,7 +58,8 @@ class Decoder(nn.Module):
         caches: one KVCache per block (generation), written at cache_start onwards; None = no cache.
         packed: prepacked Linear weights (layers.pack_linear_weights) for this call, or None.
         held: None, or a boolean (B, T) of the positions whose hidden states no block rewrites (the image tokens,
-        with DecoderConfig.hold_image_tokens): they keep x and only lend their keys and values."""
+        with DecoderConfig.hold_image_tokens), after the first cfg.rewritten_image_layers blocks: they keep what
+        they hold then and only lend their keys and values."""
         rope = None
         if self.pos_emb is not None:
             assert int(position_ids.max()) < self.cfg.max_seq_len, \
@@ -71,13 +72,15 @@ class Decoder(nn.Module):
         updated, rows_mask = rewritten_positions(held, mask) if holding else (None, None)
         for i, block in enumerate(self.blocks):
             cache = None if caches is None else caches[i]
-            if holding and updated is None:
+            if not holding or i < self.cfg.rewritten_image_layers:
+                x = block(x, rope=rope, mask=mask, cache=cache, cache_start=cache_start, packed=packed)
+            elif updated is None:
                 # no dense set of rewritten positions: rewrite every position, then put the held ones back
                 x = torch.where(held[..., None], x, block(x, rope=rope, mask=mask, cache=cache,
                                                           cache_start=cache_start, packed=packed))
             else:
-                x = block(x, rope=rope, mask=rows_mask if holding else mask, cache=cache, cache_start=cache_start,
-                          packed=packed, updated=updated)
+                x = block(x, rope=rope, mask=rows_mask, cache=cache, cache_start=cache_start, packed=packed,
+                          updated=updated)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
