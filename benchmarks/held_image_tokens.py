@@ -60,7 +60,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"| preset | batch x sequence | rewritten | held | speed-up |\n|---|---|---:|---:|---:|")
+    print("| preset | batch x sequence | rewritten | held | speed-up |\n|---|---|---:|---:|---:|")
     for preset in args.preset or ["demo-scattering", "documents"]:
         rewritten, length = step_time(preset, False, args.batch_size, args.text, args.steps)
         held, _ = step_time(preset, True, args.batch_size, args.text, args.steps)
