@@ -16,6 +16,7 @@ from PIL import Image
 from nanovlm.config import ConfigError
 from nanovlm.data.format import DatasetFormatError, read_records
 from nanovlm.data.loader import VLMDataset
+from nanovlm import devices
 from nanovlm.devices import has_fast_bf16, resolve_device, resolve_precision, warn_if_bf16_is_slow
 from nanovlm.images import ImageError, open_image
 from nanovlm.model.vlm import CheckpointError, VisionLanguageModel
@@ -274,27 +275,60 @@ def test_resolve_device():
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
-@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, "fp32"), (True, False, "bf16"),
-                                                     (False, True, "bf16")])
-def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
-    """On an AVX2-only CPU torch's bf16 matmul is a slow fallback (64x slower than fp32 on our machine): auto must
-    train in fp32 there, and keep bf16 autocast on CPUs with AVX512-BF16 or AMX."""
+@pytest.mark.parametrize("avx512_bf16,amx,speedup,expected", [
+    (False, False, 2.0, "fp32"), (True, False, 2.0, "bf16"), (False, True, 2.0, "bf16"), (True, False, 0.6, "fp32")])
+def test_auto_precision_is_bf16_only_where_bf16_products_are_faster(monkeypatch, avx512_bf16, amx, speedup, expected):
+    """On an AVX2-only CPU torch's bf16 matmul is a slow fallback (64x slower than fp32 on our machine), and on one
+    of our AVX512-BF16 machines it measured 0.57x fp32's speed: auto must train in fp32 there, and keep bf16 autocast
+    where a bf16 product measures faster."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: speedup)
     cpu = torch.device("cpu")
     assert has_fast_bf16(cpu) is (expected == "bf16")
     assert resolve_precision("auto", cpu) == expected
     assert resolve_precision("fp32", cpu) == "fp32"
+    why = "on a CPU without bf16 instructions" if not (avx512_bf16 or amx) else "measure 0.60x the speed of fp32's"
     if expected == "fp32":
-        with pytest.warns(UserWarning, match="precision bf16 on a CPU without bf16 instructions"):
+        with pytest.warns(UserWarning, match=f"precision bf16 .*{why}"):
             assert resolve_precision("bf16", cpu) == "bf16"      # asked for explicitly: kept, with the reason
-        with pytest.warns(UserWarning, match="--bf16 on a CPU without bf16 instructions.*leave it out"):
+        with pytest.warns(UserWarning, match=f"--bf16 .*{why}.*leave it out"):
             warn_if_bf16_is_slow(cpu, "--bf16", "leave it out")  # what `generate --bf16` and `serve --bf16` say
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert resolve_precision("bf16", cpu) == "bf16"
             warn_if_bf16_is_slow(cpu, "--bf16", "leave it out")
+
+
+def test_decoding_weights_are_bf16_wherever_the_cpu_has_bf16_instructions(monkeypatch):
+    """Decoding one sequence reads every weight per token: bf16 weights halve the bytes, and win even where bf16
+    products are slower than fp32's (so no warning there), but not on a CPU without bf16 instructions."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 0.6)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert devices.resolve_weight_dtype("auto", cpu) == "bf16" and resolve_precision("auto", cpu) == "fp32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert devices.resolve_weight_dtype("bf16", cpu) == "bf16"
+        warn_if_bf16_is_slow(cpu, "--bf16", "leave it out", memory_bound=True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert devices.resolve_weight_dtype("auto", cpu) == "fp32"
+    with pytest.warns(UserWarning, match="bf16 weights on a CPU without bf16 instructions"):
+        assert devices.resolve_weight_dtype("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="weight dtype must be one of auto, fp32, bf16; got 'half'"):
+        devices.resolve_weight_dtype("half", cpu)
+
+
+def test_cpu_bf16_speedup_is_measured_once_where_the_cpu_has_bf16_instructions():
+    """The measurement behind auto: a positive ratio, taken once per process (every later call is free). On a CPU
+    without bf16 instructions it is never taken (it would time torch's slow fallback)."""
+    if not devices.has_bf16_instructions():
+        pytest.skip("no bf16 instructions: has_fast_bf16 answers without measuring")
+    first = devices.cpu_bf16_speedup()
+    assert first > 0 and devices.cpu_bf16_speedup() == first
+    assert devices.cpu_bf16_speedup.cache_info().hits >= 1
 
 
 def test_resolve_precision_rejects_what_cannot_run():

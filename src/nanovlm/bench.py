@@ -23,10 +23,10 @@ import time
 import torch
 
 from .config import ConfigError, from_name
-from .devices import resolve_device, resolve_precision
+from .devices import resolve_device, resolve_precision, resolve_weight_dtype
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DTYPE_CHOICES = ("auto", *DTYPES)   # auto: bf16 where it is fast, else fp32 (devices.resolve_precision)
+DTYPE_CHOICES = ("auto", *DTYPES)   # auto: bf16 where it is fast, else fp32 (devices.resolve_precision, resolve_weight_dtype)
 
 
 def _log(message: str):
@@ -34,9 +34,11 @@ def _log(message: str):
 
 
 def _resolve_dtype(name: str, value: str, device: torch.device) -> str:
+    """Training autocast follows the measured product speed (resolve_precision); decoding one sequence is
+    memory-bound, so its weights follow the bytes read (resolve_weight_dtype)."""
     if value not in DTYPE_CHOICES:
         raise ConfigError(f"{name} must be one of {', '.join(DTYPE_CHOICES)}; got {value!r}")
-    return resolve_precision(value, device)
+    return resolve_weight_dtype(value, device) if name == "decode_dtype" else resolve_precision(value, device)
 
 
 def _sync(device: torch.device):

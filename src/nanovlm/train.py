@@ -71,7 +71,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1                     # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.01
     grad_clip: float = 1.0                        # max gradient norm; 0 = off
-    # auto (bf16 autocast where bf16 is fast: GPUs, CPUs with AVX512-BF16/AMX; else fp32) | fp32 | bf16 | fp16
+    # auto (bf16 autocast where bf16 is fast: GPUs, CPUs whose bf16 products beat fp32's; else fp32) | fp32 | bf16 | fp16
     # (CUDA, autocast + GradScaler). train_config.json records the precision a run used.
     precision: str = "auto"
     eval_every: int = 100                         # steps between validations (and `last` checkpoints)

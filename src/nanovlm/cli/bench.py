@@ -17,9 +17,9 @@ def register(sub, groups):
     p.add_argument("--prompt-len", type=int, default=20, help="text tokens in the decode prompt")
     p.add_argument("--new-tokens", type=int, default=50, help="tokens to decode (0 = skip decoding)")
     p.add_argument("--train-dtype", choices=DTYPE_CHOICES, default="auto",
-                   help="autocast dtype for training (auto: bf16 where it is fast, else fp32)")
+                   help="autocast dtype for training (auto: bf16 where its matrix products are faster than fp32's, else fp32)")
     p.add_argument("--decode-dtype", choices=DTYPE_CHOICES, default="auto",
-                   help="weight dtype for decoding (auto: bf16 where it is fast, else fp32)")
+                   help="weight dtype for decoding (auto: bf16 on GPUs and on CPUs with bf16 instructions, else fp32)")
     p.add_argument("--steps", type=int, default=3, help="timed train steps after one warm-up (0 = skip training)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")

@@ -37,7 +37,7 @@ def run(args):
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     images = [open_image(path, max_pixels=args.max_pixels) for path in args.image]
     if args.bf16:
-        warn_if_bf16_is_slow(resolve_device(args.device), "--bf16", "leave it out to run in fp32")
+        warn_if_bf16_is_slow(resolve_device(args.device), "--bf16", "leave it out to run in fp32", memory_bound=True)
     model = VisionLanguageModel.from_pretrained(resolve_model_dir(args.model), device=args.device,
                                                 dtype=torch.bfloat16 if args.bf16 else None)
     completions = complete(model, images, answer_starts=[args.prompt] * len(images),

@@ -49,7 +49,7 @@ def load_model(cfg: ServeConfig):
     cfg.threads = cfg.threads or torch.get_num_threads()
     torch.set_num_threads(1)
     if cfg.bf16:
-        warn_if_bf16_is_slow(resolve_device(cfg.device), "--bf16", "leave it out to serve in fp32")
+        warn_if_bf16_is_slow(resolve_device(cfg.device), "--bf16", "leave it out to serve in fp32", memory_bound=True)
     return VisionLanguageModel.from_pretrained(resolve_model_dir(cfg.model), device=cfg.device,
                                                dtype=torch.bfloat16 if cfg.bf16 else None)
 
