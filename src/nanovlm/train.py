@@ -198,8 +198,9 @@ PRESET_RECIPES: dict[str, dict] = {
                   "split_digits": True, "eval_every": 250},
     # The scattering stem is fixed wavelets: frozen (its batch norm takes the statistics of 512 pictures) and
     # computed once per picture; no augmentation (the measured runs had none). Not grouped by length: one pair of
-    # runs learned less with it (docs/form.md, twelfth round).
-    "demo-scattering": {"steps": 2600, "lr": 2e-3, "freeze": ["vision"], "cache_vision": True,
+    # runs learned less with it (docs/form.md, twelfth round). 3,500 steps: 11.5-13 minutes on 2 cores (fourteenth
+    # round).
+    "demo-scattering": {"steps": 3500, "lr": 2e-3, "freeze": ["vision"], "cache_vision": True,
                         "augment": False, "eval_every": 250},
 }
 
