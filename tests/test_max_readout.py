@@ -162,3 +162,36 @@ def test_cli_training_with_it_end_to_end(tmp_path, small_scenes):
                      "--batch-size", "4", "--quiet", "--threads", "1", "--set", "eval_every=2", "--set",
                      "eval_batches=1", "--set", "max_readout_weight=1", "--set", "warmup_steps=0"]) == 0
     assert json.loads((out / "train_config.json").read_text())["max_readout_weight"] == 1.0
+
+
+def test_read_from_the_projector_teaches_the_image_tokens_of_a_frozen_cached_encoder():
+    """max_readout_from=projector: the words are read from the image tokens the decoder reads (the projector's
+    output, no width match needed); with a frozen encoder whose outputs come from the cache it adds exactly that
+    loss to the step, and its gradient reaches the projector, not the frozen encoder."""
+    from nanovlm.train import Runtime, TrainConfig, train_step
+    from nanovlm.vision_cache import VisionCache
+
+    cfg = tiny_config(**{"decoder.n_embd": 48})                            # vision width 32: no match needed
+    ids, labels, images = batch(cfg)
+    keys = [f"picture-{i}" for i in range(len(images))]
+    losses, grads = [], []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = VisionLanguageModel(cfg)
+        model.vision.requires_grad_(False)
+        cache = VisionCache(model.vision, lambda key: images[keys.index(key)], torch.device("cpu"))
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        tcfg = TrainConfig(steps=10, max_readout_weight=weight, max_readout_from="projector", max_readout_pool="tokens",
+                           freeze=["vision"], cache_vision=True, precision="fp32", grad_clip=0)
+        step = {"input_ids": ids, "labels": labels, "images": None, "picture_keys": keys}
+        loss, _ = train_step(model, optimizer, scaler, iter([step]), tcfg, Runtime(), vision_cache=cache)
+        losses.append(loss)
+        grads.append(model.projector.proj.weight.grad.clone())
+    torch.manual_seed(0)
+    model = VisionLanguageModel(cfg).eval()
+    tokens = model.projector(model.vision(images))                           # (B, image tokens, n_embd)
+    by_hand = torch.stack([F.cross_entropy((tokens[i] @ model.decoder.tok_emb.weight.T).max(0).values[None],
+                                           torch.tensor([200 + i])) for i in range(len(images))]).mean()
+    assert losses[1] - losses[0] == pytest.approx(by_hand.item(), abs=1e-4)
+    assert not torch.allclose(grads[0], grads[1])                           # the read-out moved the projector

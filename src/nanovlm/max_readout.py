@@ -18,6 +18,11 @@ it needs vision.width == decoder.n_embd. Turn it on with `--set max_readout_weig
 logits): one token must then hold a word's whole direction, which keeps a thing's form and colour in the same
 token. With cosine attention in the decoder (`decoder.qk_norm`) it made the decoder find a thing by its colour
 on 1-3-thing pictures (README, "Sixth round"); the channel max does not.
+
+`max_readout_from=projector` reads the projector's output (the image tokens the decoder reads) instead of the
+encoder's: with a frozen, cached encoder (cache_vision) only the projector learns from it, so that each image
+token points where the words of the thing under it point, which is where a question's words can find it (a
+direct signal for finding a thing by its shape; docs/form.md, fourteenth round). It needs no equal widths.
 """
 from __future__ import annotations
 
@@ -37,11 +42,13 @@ def check_max_readout(cfg) -> None:
 
 
 @contextlib.contextmanager
-def keep_vision_tokens(model):
-    """Keeps the vision encoder's output of the forward run inside the block (`seen["tokens"]`), so the read-out
-    reuses the language-model forward's tokens instead of running the encoder a second time."""
+def keep_vision_tokens(model, source: str = "encoder"):
+    """Keeps the vision encoder's (source="encoder") or the projector's ("projector") output of the forward run
+    inside the block (`seen["tokens"]`), so the read-out reuses the language-model forward's tokens instead of
+    running the encoder a second time."""
     seen = {}
-    handle = model.vision.register_forward_hook(lambda module, args, output: seen.__setitem__("tokens", output))
+    module = model.projector if source == "projector" else model.vision
+    handle = module.register_forward_hook(lambda module, args, output: seen.__setitem__("tokens", output))
     try:
         yield seen
     finally:
@@ -50,6 +57,7 @@ def keep_vision_tokens(model):
 
 READOUT_WORDS = ("answers", "conversation")
 READOUT_POOLS = ("channels", "tokens")
+READOUT_SOURCES = ("encoder", "projector")
 
 
 def readout_targets(input_ids: torch.Tensor | None, labels: torch.Tensor, eos_token_id: int,
@@ -72,20 +80,22 @@ def readout_targets(input_ids: torch.Tensor | None, labels: torch.Tensor, eos_to
     return pairs[0], pairs[1]
 
 
-def max_readout_loss(model, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor | None = None,
+def max_readout_loss(model, images: torch.Tensor | None, labels: torch.Tensor, tokens: torch.Tensor | None = None,
                      input_ids: torch.Tensor | None = None, words: str = "answers",
-                     pool: str = "channels") -> torch.Tensor:
+                     pool: str = "channels", source: str = "encoder") -> torch.Tensor:
     """Cross-entropy of each target word of a sample (readout_targets) against its picture's logits: those of
     the channel-wise max of its patch tokens (pool="channels"), or each word's best patch token
     (pool="tokens": the max over tokens of each token's logits, so one token must hold a word's whole direction,
     not one channel per token). images: (B, 3, H, W), one per sample; labels: (B, T) next-token targets, -100 where
-    no loss is taken; input_ids: (B, T), needed for words="conversation"; tokens: model.vision(images) when
-    already computed (keep_vision_tokens), else it is run here."""
-    if images.shape[0] != labels.shape[0]:
+    no loss is taken; input_ids: (B, T), needed for words="conversation"; tokens: model.vision(images) (or, with
+    source="projector", the projector's output) when already computed (keep_vision_tokens), else it is run here."""
+    if (tokens if tokens is not None else images).shape[0] != labels.shape[0]:
         raise ValueError("max_readout_weight needs exactly one picture per sample")
     if tokens is None:
         tokens = model.vision(images)                                     # (B, [1 +] P, width)
-    if model.cfg.vision.use_cls:
+        if source == "projector":
+            tokens = model.projector(tokens)
+    if model.cfg.vision.use_cls and source == "encoder":
         tokens = tokens[:, 1:]                                            # the patches only
     embeddings = model.decoder.tok_emb.weight
     if pool == "channels":

@@ -33,7 +33,8 @@ from .devices import PRECISIONS, resolve_device, resolve_precision
 from .images import DEFAULT_MAX_PIXELS
 from .model.vlm import VisionLanguageModel
 from .contrastive import image_text_contrastive
-from .max_readout import READOUT_POOLS, READOUT_WORDS, check_max_readout, keep_vision_tokens, max_readout_loss
+from .max_readout import (READOUT_POOLS, READOUT_SOURCES, READOUT_WORDS, check_max_readout, keep_vision_tokens,
+                          max_readout_loss)
 from .probe import ShapeProbe, grad_norms
 from .vision_cache import VisionCache, check_cache_fits
 from .progress import progress
@@ -99,6 +100,9 @@ class TrainConfig:
     max_readout_words: str = "answers"
     # how it pools the patch tokens: "channels" (each channel's max) or "tokens" (each word's best token)
     max_readout_pool: str = "channels"
+    # what it reads: "encoder" (the vision encoder's tokens: it teaches the encoder) or "projector" (the image
+    # tokens the decoder reads: with a frozen, cached encoder it teaches the projector; works with cache_vision)
+    max_readout_from: str = "encoder"
     vision_init: str | None = None                # vision encoder start: converted EfficientNet, model folder, vision.*
     # With the pretrained efficientnet_lite0 stem: only its last N blocks (and its fresh 1 x 1 map) train; the
     # earlier, high-resolution blocks stay as ImageNet left them, so a step costs little more than with a frozen
@@ -137,9 +141,9 @@ class TrainConfig:
               "stem_trainable_blocks applies to the pretrained efficientnet_lite0 stem, not to a SigLIP vision=...: "
               "use lr_vision or freeze=vision there")
         check(not (self.cache_vision and (self.contrastive_weight or self.contrastive_warmup_steps
-                                          or self.max_readout_weight)),
+                                          or (self.max_readout_weight and self.max_readout_from == "encoder"))),
               "the contrastive and the max read-out losses teach the vision encoder from its pictures: they "
-              "cannot be combined with cache_vision=true")
+              "cannot be combined with cache_vision=true (the read-out can, with max_readout_from=projector)")
         unknown = set(self.report_to) - {"wandb", "tensorboard"}
         check(not unknown, f"report_to: unknown tracker(s) {sorted(unknown)}; choose from wandb, tensorboard")
         if self.select_by != "loss":
@@ -159,6 +163,7 @@ class TrainConfig:
         check(0 <= self.max_readout_weight <= 100, f"max_readout_weight must be in [0, 100], got {self.max_readout_weight}")
         _check_choice("max_readout_words", self.max_readout_words, READOUT_WORDS)
         _check_choice("max_readout_pool", self.max_readout_pool, READOUT_POOLS)
+        _check_choice("max_readout_from", self.max_readout_from, READOUT_SOURCES)
         check(not (self.max_readout_weight and self.language),
               "max_readout_weight teaches a from-scratch encoder through its own word embeddings: it cannot be "
               "combined with a pretrained --language model")
@@ -453,7 +458,7 @@ def train(tcfg: TrainConfig) -> dict:
     if tcfg.preset in PRESET_RECIPES and rt.is_main:
         recipe = ", ".join(f"{k}={v}" for k, v in PRESET_RECIPES[tcfg.preset].items())
         print(f"preset {tcfg.preset} trains with its recipe unless told otherwise: {recipe}")
-    if tcfg.max_readout_weight:
+    if tcfg.max_readout_weight and tcfg.max_readout_from == "encoder":
         check_max_readout(model_cfg)
     if tcfg.stem_trainable_blocks is not None:
         check_stem_trainable_blocks(model_cfg, tcfg.stem_trainable_blocks)
@@ -585,8 +590,9 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                 loss = contrastive()
             else:
                 inner = getattr(model, "module", model)
-                readout = bool(tcfg.max_readout_weight) and images is not None
-                with keep_vision_tokens(inner) if readout else contextlib.nullcontext({}) as seen:
+                readout = bool(tcfg.max_readout_weight) and (images is not None or features is not None)
+                source = tcfg.max_readout_from
+                with keep_vision_tokens(inner, source) if readout else contextlib.nullcontext({}) as seen:
                     kept = {vision_cache.kind: features} if features is not None else {}
                     _, loss = model(ids, images, labels=labels, return_logits=False, segment_ids=segments(batch, rt),
                                     **kept)
@@ -594,7 +600,7 @@ def train_step(model, optimizer, scaler, batches, tcfg: TrainConfig, rt: Runtime
                     loss = loss + tcfg.contrastive_weight * contrastive()
                 if readout:
                     readout_loss = max_readout_loss(inner, images, labels, seen["tokens"], ids, tcfg.max_readout_words,
-                                                    tcfg.max_readout_pool)
+                                                    tcfg.max_readout_pool, source)
                     loss = loss + tcfg.max_readout_weight * readout_loss
         scaler.scale(loss / tcfg.grad_accum).backward()
         total_loss += loss.item() / tcfg.grad_accum
