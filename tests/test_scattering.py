@@ -129,4 +129,6 @@ def test_demo_scattering_preset_is_the_measured_model_and_recipe():
     assert (recipe.freeze, recipe.cache_vision, recipe.augment, recipe.lr, recipe.steps) == (["vision"], True, False,
                                                                                             2e-3, 3500)
     assert not recipe.group_by_length and recipe.lr_projector is None and recipe.lr_vision is None
+    assert (recipe.max_readout_weight, recipe.max_readout_from, recipe.max_readout_pool, recipe.max_readout_words) == (
+        1.0, "projector", "tokens", "conversation")
     assert check_cache_vision(models[0].cfg.vision, recipe) == "vision_features"   # the whole encoder is cached

@@ -519,9 +519,9 @@ PRESETS["demo-effnet"] = _variant(
 # shape from one such token at 95.8%, against 90.4% at 128), 64 tokens with a fixed 2-D position table, no pixel
 # shuffle, and a four-layer decoder with cosine attention that reads the image tokens but does not rewrite them
 # (hold_image_tokens: cheaper steps, and the missing direction, finding a thing by its shape, starts in every seed
-# tried). Its training recipe (nanovlm.train.PRESET_RECIPES) freezes the stem and caches it. On `nanovlm data
-# shapes --per-thing both` it names the colour and shape of held-out things at 80-96% (docs/form.md, fourteenth
-# round).
+# tried). Its training recipe (nanovlm.train.PRESET_RECIPES) freezes the stem, caches it, and adds the max
+# read-out on the image tokens. On `nanovlm data shapes --per-thing both` it names the colour and shape of held-out
+# things at 95-97% (docs/form.md, fourteenth round).
 PRESETS["demo-scattering"] = _variant(
     PRESETS["demo"], "demo-scattering",
     vision=dict(patch_stem="scattering", n_layer=0, use_cls=False, position="sincos", width=512,
