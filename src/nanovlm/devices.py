@@ -126,14 +126,11 @@ def warn_if_bf16_is_slow(device: torch.device, what: str, instead: str, memory_b
     """One warning when bf16 was asked for on a CPU where it is slow (it still runs): one without bf16
     instructions, or (for compute-bound work: training, long prompts; not memory_bound decoding) one whose bf16
     products measure no faster than fp32's."""
-    if device.type != "cpu" or has_fast_bf16(device):
+    if device.type != "cpu":
         return
     if not has_bf16_instructions():
-        why = ("on a CPU without bf16 instructions (AVX512-BF16 or AMX): its matrix products run many times slower "
-               "than fp32 here")
-    elif memory_bound:
-        return
-    else:
-        why = (f"on this CPU: its bf16 matrix products measure {cpu_bf16_speedup():.2f}x the speed of fp32's (no "
-               f"gain)")
-    warnings.warn(f"{what} {why}; {instead}", stacklevel=3)
+        warnings.warn(f"{what} on a CPU without bf16 instructions (AVX512-BF16 or AMX): its matrix products run many "
+                      f"times slower than fp32 here; {instead}", stacklevel=3)
+    elif not memory_bound and cpu_bf16_speedup() < BF16_MIN_SPEEDUP:
+        warnings.warn(f"{what} on this CPU: its bf16 matrix products measure {cpu_bf16_speedup():.2f}x the speed of "
+                      f"fp32's (no gain); {instead}", stacklevel=3)
