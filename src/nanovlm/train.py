@@ -205,7 +205,7 @@ PRESET_RECIPES: dict[str, dict] = {
     # computed once per picture; no augmentation (the measured runs had none). Not grouped by length: one pair of
     # runs learned less with it (docs/form.md, twelfth round). The max read-out on the held image tokens (each word
     # of the conversation from its best token, teaching the projector) made finding a thing by its shape start
-    # early in every seed tried (fourteenth round). 3,500 steps: 14.5-15 minutes on 2 cores.
+    # early in every seed tried (fourteenth round). 3,500 steps: 13-15 minutes on 2 cores.
     "demo-scattering": {"steps": 3500, "lr": 2e-3, "freeze": ["vision"], "cache_vision": True,
                         "augment": False, "eval_every": 250, "max_readout_weight": 1.0,
                         "max_readout_from": "projector", "max_readout_pool": "tokens",
