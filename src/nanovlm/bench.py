@@ -33,12 +33,10 @@ def _log(message: str):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _resolve_dtype(name: str, value: str, device: torch.device) -> str:
-    """Training autocast follows the measured product speed (resolve_precision); decoding one sequence is
-    memory-bound, so its weights follow the bytes read (resolve_weight_dtype)."""
+def _check_dtype(name: str, value: str) -> str:
     if value not in DTYPE_CHOICES:
         raise ConfigError(f"{name} must be one of {', '.join(DTYPE_CHOICES)}; got {value!r}")
-    return resolve_weight_dtype(value, device) if name == "decode_dtype" else resolve_precision(value, device)
+    return value
 
 
 def _sync(device: torch.device):
@@ -255,8 +253,10 @@ def run_benchmark(preset: str, threads: int = 2, batch_size: int = 2, text_len: 
     if steps < 0 or new_tokens < 0:
         raise ConfigError("steps and new_tokens must be >= 0")
     dev = resolve_device(device)
-    train_dtype = _resolve_dtype("train_dtype", train_dtype, dev)
-    decode_dtype = _resolve_dtype("decode_dtype", decode_dtype, dev)
+    # training autocast follows the measured product speed; decoding one sequence is memory-bound, so its weights
+    # follow the bytes read
+    train_dtype = resolve_precision(_check_dtype("train_dtype", train_dtype), dev)
+    decode_dtype = resolve_weight_dtype(_check_dtype("decode_dtype", decode_dtype), dev)
     train_torch_dtype, decode_torch_dtype = DTYPES[train_dtype], DTYPES[decode_dtype]
     torch.set_num_threads(threads)
     cfg = build_config(preset)
